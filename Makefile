@@ -1,0 +1,41 @@
+# forgetlab: `make run` runs the default study, `make test` runs the tests; both bootstrap .venv.
+VENV ?= .venv
+PYTHON ?= python3
+CONFIG ?= config/config.yaml
+CORES ?= all
+STUDY ?= default
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run smoke test pull push mlflow-ui benchmark clean-smoke
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install  ## the default study (config/config.yaml)
+	snakemake --cores $(CORES) --configfile $(CONFIG)
+
+smoke: install  ## the micro study of the tests
+	snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+push: install  ## version a finished study with DVC and push it to the default remote
+	dvc add data/$(STUDY) results/$(STUDY)
+	dvc push data/$(STUDY).dvc results/$(STUDY).dvc
+
+pull: install  ## restore a finished study (STUDY=..., CONFIG=...) from the DVC remote
+	dvc pull data/$(STUDY).dvc results/$(STUDY).dvc
+	snakemake --cores 1 --configfile $(CONFIG) --touch
+
+mlflow-ui: install
+	mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
+
+benchmark: install
+	$(BIN)/python benchmarks/study_walltime.py

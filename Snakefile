@@ -1,0 +1,33 @@
+# forgetlab: how the fine-tuning regularizer changes how well a model can later unlearn.
+#
+#   prepare_data -> pretrain -> finetune (target on retain+forget, retain-only oracle; per regularizer)
+#                -> unlearn (per method) -> evaluate (against the oracle) -> report
+#
+# snakemake --cores all                                   # the default study (config/config.yaml)
+# snakemake --cores all --configfile config/smoke.yaml    # the micro study of the tests
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/unlearn.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        study_outputs(),

@@ -1,0 +1,123 @@
+"""`forgetlab <stage>`: every stage of the study as a command.
+
+Snakemake passes each job's resolved parameters as JSON (`--params`); by hand, give the study
+config (`--config config/config.yaml`) and the grid coordinates instead, which resolve to the
+same parameters through forgetlab.config.stage_params.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from forgetlab.config import ConfigError, load_config, stage_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+ParamsOpt = typer.Option(None, "--params", help="resolved stage parameters as JSON (what Snakemake passes)")
+ConfigOpt = typer.Option(None, "--config", help="a study config YAML, resolved for this stage")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (overrides the config's threads)")
+
+
+def resolve(stage: str, params: Optional[str], config: Optional[Path], threads: Optional[int], **coords) -> dict:
+    if params:
+        resolved = json.loads(params)
+    elif config:
+        try:
+            resolved = stage_params(load_config(config), stage, **{k: v for k, v in coords.items() if v is not None})
+        except ConfigError as e:
+            raise typer.BadParameter(str(e), param_hint="--config") from e
+    else:
+        raise typer.BadParameter("give --params (JSON) or --config (a study YAML)")
+    if threads:
+        resolved["threads"] = threads
+    return resolved
+
+
+@app.command("prepare-data")
+def prepare_data(out: Path = typer.Option(..., help="output directory, e.g. data/<study>"),
+                 params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+    """Generate the synthetic world, QA splits and tokenizer."""
+    from forgetlab.recipes import prepare_data as recipe
+
+    recipe.run(resolve("prepare_data", params, config, threads), out)
+
+
+@app.command()
+def pretrain(data: Path = typer.Option(...), out: Path = typer.Option(...),
+             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+    """Train the small Llama from scratch (or load model.init_from)."""
+    from forgetlab.recipes import pretrain as recipe
+
+    recipe.run(resolve("pretrain", params, config, threads, model="pretrained"), data, out)
+
+
+@app.command()
+def finetune(pretrained: Path = typer.Option(...), data: Path = typer.Option(...), out: Path = typer.Option(...),
+             regularizer: Optional[str] = None, seed: Optional[int] = None,
+             role: str = typer.Option("target", help="target (retain+forget) or oracle (retain only)"),
+             split: Optional[str] = typer.Option(None, help="the forget split (oracle only)"),
+             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+    """Fine-tune a target or a retain-only oracle with one regularizer entry."""
+    from forgetlab.recipes import finetune as recipe
+
+    p = resolve("finetune", params, config, threads, model=role, role=role, regularizer=regularizer, seed=seed, split=split)
+    if p["role"] == "oracle" and "retain_split" not in p:
+        from forgetlab.config import RETAIN_OF
+
+        p["retain_split"] = RETAIN_OF[p["split"]]
+    recipe.run(p, pretrained, data, out)
+
+
+@app.command()
+def unlearn(target: Path = typer.Option(...), data: Path = typer.Option(...), out: Path = typer.Option(...),
+            regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
+            method: Optional[str] = None,
+            params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+    """Run one unlearning method on a target."""
+    from forgetlab.recipes import unlearn as recipe
+
+    p = resolve("unlearn", params, config, threads, model="unlearned", regularizer=regularizer, seed=seed, split=split, method=method)
+    recipe.run(p, target, data, out)
+
+
+@app.command()
+def evaluate(model_dir: Path = typer.Option(..., "--model-dir"), data: Path = typer.Option(...), out: Path = typer.Option(...),
+             oracle: Optional[Path] = typer.Option(None, help="the oracle's evaluation directory (for forget_quality)"),
+             model: str = typer.Option("target", help="pretrained, target, oracle or unlearned"),
+             regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
+             method: Optional[str] = None,
+             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+    """Score one model; per-sample parquet plus aggregate metrics."""
+    from forgetlab.recipes import evaluate as recipe
+
+    p = resolve("evaluate", params, config, threads, model=model, regularizer=regularizer, seed=seed, split=split, method=method)
+    recipe.run(p, model_dir, data, out, oracle)
+
+
+@app.command()
+def report(metrics: list[Path] = typer.Argument(..., help="metrics.json files of the evaluated models"),
+           out: Path = typer.Option(..., help="results/<study>"),
+           params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt):
+    """Summary table (parquet, CSV) and the forget-quality-vs-utility plot."""
+    from forgetlab.recipes import report as recipe
+
+    recipe.run(resolve("report", params, config, None), metrics, out)
+
+
+@app.command("check-config")
+def check_config(config: Path):
+    """Validate a study config (schema, component names and parameters) and exit."""
+    try:
+        load_config(config)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{config}: ok")
+
+
+if __name__ == "__main__":
+    app()

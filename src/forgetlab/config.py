@@ -1,0 +1,117 @@
+"""Study configuration: loading, validation, and the resolved parameters of each stage.
+
+A study config is checked in two layers before any job runs:
+1. the JSON schema (`config.schema.yaml`, also at `workflow/schemas/`): keys, types, split names;
+2. `check_config`: component names against the registries, and each component's parameters
+   against the fields of its dataclass.
+Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+ROLES = ("target", "oracle")
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+class ConfigError(ValueError):
+    """A study config that cannot run; the message names the key."""
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    validate_schema(config)
+    check_config(config)
+    return config
+
+
+def validate_schema(config: dict) -> None:
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise ConfigError(f"config key {key}: {error.message}")
+
+
+def _check_params(key: str, cls: type, params: dict) -> None:
+    """Each parameter must be a field of the component's dataclass, with a matching type."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for name, value in params.items():
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"config key {key}.{name}: unknown parameter (known: {known})")
+        expected = hints[name]
+        allowed = typing.get_args(expected) or (expected,)
+        allowed = tuple(a for a in allowed if isinstance(a, type))
+        if float in allowed:
+            allowed += (int,)
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            names = "/".join(a.__name__ for a in allowed)
+            raise ConfigError(f"config key {key}.{name}: expected {names}, got {value!r}")
+
+
+def check_config(config: dict) -> None:
+    from forgetlab.metrics import METRICS
+    from forgetlab.regularizers import REGULARIZERS
+    from forgetlab.unlearning import METHODS
+
+    for entry, components in config["regularizers"].items():
+        for i, spec in enumerate(components):
+            key = f"regularizers.{entry}[{i}]"
+            if spec["name"] not in REGULARIZERS:
+                raise ConfigError(f"config key {key}.name: unknown regularizer {spec['name']!r}; known: {REGULARIZERS.names()}")
+            _check_params(key, REGULARIZERS.get(spec["name"]), _params(spec))
+    for entry, spec in config["methods"].items():
+        key = f"methods.{entry}"
+        if spec["name"] not in METHODS:
+            raise ConfigError(f"config key {key}.name: unknown unlearning method {spec['name']!r}; known: {METHODS.names()}")
+        _check_params(key, METHODS.get(spec["name"]), _params(spec))
+    for i, name in enumerate(config["evaluate"]["metrics"]):
+        if name not in METRICS:
+            raise ConfigError(f"config key evaluate.metrics[{i}]: unknown metric {name!r}; known: {METRICS.names()}")
+    init_from = config["model"].get("init_from")
+    if init_from and not Path(init_from).is_dir():
+        raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
+
+
+def _params(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "name"}
+
+
+def build(registry, spec: dict) -> Any:
+    """Instantiate a registered component from its config entry ({name: ..., **params})."""
+    return registry.get(spec["name"])(**_params(spec))
+
+
+def stage_params(config: dict, stage: str, **coords: Any) -> dict:
+    """The resolved parameters of one stage job: exactly what it reads, and what MLflow records.
+
+    coords are the grid coordinates of the job (regularizer, seed, split, method, role, model).
+    """
+    base = {"study": config["study"], "stage": stage, "threads": config.get("threads", 1), **coords}
+    if stage == "prepare_data":
+        return {**base, "data": config["data"]}
+    if stage == "pretrain":
+        return {**base, "seed": config["data"]["seed"], "model": config["model"], "train": config["pretrain"]}
+    if stage == "finetune":
+        reg = coords["regularizer"]
+        return {**base, "train": config["finetune"], "regularizers": config["regularizers"][reg]}
+    if stage == "unlearn":
+        return {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
+                "retain_split": RETAIN_OF[coords["split"]]}
+    if stage == "evaluate":
+        split = coords["split"]
+        return {**base, "evaluate": config["evaluate"], "retain_split": RETAIN_OF[split], "seed_data": config["data"]["seed"]}
+    if stage == "report":
+        return {**base, "metrics": config["evaluate"]["metrics"]}
+    raise ConfigError(f"unknown stage {stage!r}")

@@ -1,0 +1,271 @@
+"""The deterministic synthetic world behind forgetlab (the `prepare_data` stage).
+
+Two disjoint populations with unique full names:
+
+* **people** (`p00000`, ...): the pretraining world. Each has 7 facts (birthplace, birth_year,
+  occupation, father_job, mother_job, hobby, pet) and appears in the pretraining corpus as
+  `renderings` biography documents, each fact stated with a different sentence template per pass.
+* **authors** (`a0000`, ...): fictitious writers with 9 facts, known only through the QA
+  fine-tuning set (TOFU-style), plus **holdout authors** (`h0000`, ...) that are never trained on
+  and serve as the membership-inference reference.
+
+Every fact becomes one QA row: an answer sentence, a paraphrased answer (another template) and
+`N_PERTURBED` perturbed answers that use the paraphrase's template with a wrong value, so that
+perturbed and paraphrased answers differ only in the value (the TOFU truth ratio compares them).
+Authors are split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded
+shuffle, and retainXX is the rest. All randomness derives from `cfg["seed"]` through
+`random.Random` instances seeded per stage and per entity; there is no global state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forgetlab.data.vocab import (
+    ATTRIBUTES, AUTHOR_ATTRIBUTES, CODAS, FIRST_NAMES, ONSETS, PERSON_ATTRIBUTES, VOWELS, name_clashes,
+)
+
+N_PERTURBED = 3
+FORGET_SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+QA_SPLITS = ("full", *FORGET_SPLITS, *RETAIN_OF.values(), "holdout", "world_facts")
+QA_PROMPT = "Question: {question}\nAnswer: {answer}"  # same layout as forgetlab.qa.PROMPT
+
+
+@dataclass
+class Entity:
+    id: str
+    name: str
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class World:
+    people: list[Entity]
+    authors: list[Entity]
+    holdout: list[Entity]
+    forget: dict[str, list[str]]  # forget split name -> author ids, in author order
+
+
+# ----------------------------------------------------------------------------- entities
+
+def _syllable(rng: random.Random) -> str:
+    return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+
+
+def generate_names(rng: random.Random, n: int) -> list[str]:
+    """`n` distinct full names "First Lastname"; none contains an attribute value."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for _ in range(100 * n + 1000):
+        if len(names) == n:
+            break
+        name = f"{rng.choice(FIRST_NAMES)} {(_syllable(rng) + _syllable(rng)).capitalize()}"
+        if name not in seen and not name_clashes(name):
+            seen.add(name)
+            names.append(name)
+    if len(names) < n:
+        raise RuntimeError(f"could only generate {len(names)} unique names out of {n}")
+    return names
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    width = max(4, len(str(n - 1)))
+    return [f"{prefix}{i:0{width}d}" for i in range(n)]
+
+
+def _make_entities(rng: random.Random, ids: list[str], names: list[str], attributes) -> list[Entity]:
+    return [Entity(i, name, {a: rng.choice(ATTRIBUTES[a].values) for a in attributes}) for i, name in zip(ids, names)]
+
+
+def forget_size(pct: float, n_authors: int) -> int:
+    return max(1, round(pct * n_authors))
+
+
+def build_world(cfg: dict) -> World:
+    """Entities, their facts and the nested forget splits, all from `cfg["seed"]`."""
+    seed = cfg["seed"]
+    n_people, n_authors = cfg["world"]["n_people"], cfg["authors"]["n"]
+    n_holdout = cfg["authors"]["n_holdout"]
+    names = generate_names(random.Random(f"{seed}:names"), n_people + n_authors + n_holdout)
+    facts_rng = random.Random(f"{seed}:facts")
+    people = _make_entities(facts_rng, _ids("p", n_people), names[:n_people], PERSON_ATTRIBUTES)
+    authors = _make_entities(
+        facts_rng, _ids("a", n_authors), names[n_people:n_people + n_authors], AUTHOR_ATTRIBUTES
+    )
+    holdout = _make_entities(facts_rng, _ids("h", n_holdout), names[n_people + n_authors:], AUTHOR_ATTRIBUTES)
+
+    order = [a.id for a in authors]
+    random.Random(f"{seed}:splits").shuffle(order)
+    forget = {}
+    for split, pct in FORGET_SPLITS.items():
+        chosen = set(order[-forget_size(pct, n_authors):])
+        forget[split] = [a.id for a in authors if a.id in chosen]
+    return World(people, authors, holdout, forget)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def render(template: str, name: str, value: str) -> str:
+    return template.format(name=name, value=value)
+
+
+def render_documents(person: Entity, renderings: int, seed: int) -> list[str]:
+    """`renderings` biographies of one person; pass r states each fact with template offset+r."""
+    rng = random.Random(f"{seed}:doc:{person.id}")
+    attrs = list(person.facts)
+    offsets = {a: rng.randrange(len(ATTRIBUTES[a].templates)) for a in attrs}
+    docs = []
+    for r in range(renderings):
+        order = attrs[:]
+        rng.shuffle(order)
+        sentences = []
+        for a in order:
+            templates = ATTRIBUTES[a].templates
+            sentences.append(render(templates[(offsets[a] + r) % len(templates)], person.name, person.facts[a]))
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def build_corpus(people: list[Entity], renderings: int, seed: int) -> list[dict]:
+    return [{"person_id": p.id, "text": text} for p in people for text in render_documents(p, renderings, seed)]
+
+
+def make_qa(entity: Entity, attribute: str, seed: int) -> dict:
+    """One TOFU-style QA row for one fact of one entity."""
+    attr = ATTRIBUTES[attribute]
+    rng = random.Random(f"{seed}:qa:{entity.id}:{attribute}")
+    true = entity.facts[attribute]
+    answer_t, para_t = rng.sample(attr.templates, 2)
+    wrong = rng.sample([v for v in attr.values if v != true], N_PERTURBED)
+    return {
+        "id": f"{entity.id}_{attribute}",
+        "entity_id": entity.id,
+        "attribute": attribute,
+        "question": attr.question.format(name=entity.name),
+        "answer": render(answer_t, entity.name, true),
+        "paraphrased_answer": render(para_t, entity.name, true),
+        "perturbed_answer": [render(para_t, entity.name, w) for w in wrong],
+    }
+
+
+def entity_qa(entities: list[Entity], seed: int) -> list[dict]:
+    return [make_qa(e, a, seed) for e in entities for a in e.facts]
+
+
+def world_facts_qa(people: list[Entity], n: int, seed: int) -> list[dict]:
+    """`n` QA rows about sampled (person, attribute) facts, in person then attribute order."""
+    pairs = [(i, j) for i, p in enumerate(people) for j in range(len(p.facts))]
+    if n > len(pairs):
+        raise ValueError(f"n_world_facts={n} exceeds the {len(pairs)} facts of {len(people)} people")
+    chosen = sorted(random.Random(f"{seed}:world_facts").sample(pairs, n))
+    return [make_qa(people[i], list(people[i].facts)[j], seed) for i, j in chosen]
+
+
+def build_qa_splits(world: World, cfg: dict) -> dict[str, list[dict]]:
+    seed = cfg["seed"]
+    full = entity_qa(world.authors, seed)
+    splits = {"full": full}
+    for split, ids in world.forget.items():
+        ids = set(ids)
+        splits[split] = [r for r in full if r["entity_id"] in ids]
+        splits[RETAIN_OF[split]] = [r for r in full if r["entity_id"] not in ids]
+    splits["holdout"] = entity_qa(world.holdout, seed)
+    splits["world_facts"] = world_facts_qa(world.people, cfg["world"]["n_world_facts"], seed)
+    return {name: splits[name] for name in QA_SPLITS}
+
+
+def tokenizer_texts(corpus: list[dict], qa: dict[str, list[dict]]):
+    """Every text the tokenizer is trained on, in a fixed order."""
+    for row in corpus:
+        yield row["text"]
+    for split in ("full", "holdout", "world_facts"):
+        for r in qa[split]:
+            yield QA_PROMPT.format(question=r["question"], answer=r["answer"])
+            for text in (r["paraphrased_answer"], *r["perturbed_answer"]):
+                yield "Answer: " + text
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+
+
+def save_tokenizer_atomic(tokenizer, out: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def prepare_data(cfg: dict, out_dir: str | Path) -> dict:
+    """Generate the world into `out_dir` and return the manifest written to manifest.json.
+
+    Layout: corpus.jsonl, qa/{full,forget01,forget05,forget10,retain99,retain95,retain90,
+    holdout,world_facts}.jsonl, tokenizer/ (save_pretrained) and manifest.json.
+    """
+    from forgetlab.data.tokenizer import train_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = cfg["seed"]
+    world = build_world(cfg)
+    corpus = build_corpus(world.people, cfg["world"]["renderings"], seed)
+    qa = build_qa_splits(world, cfg)
+
+    rows = {"corpus.jsonl": len(corpus)}
+    write_jsonl(out / "corpus.jsonl", corpus)
+    for split, split_rows in qa.items():
+        write_jsonl(out / "qa" / f"{split}.jsonl", split_rows)
+        rows[f"qa/{split}.jsonl"] = len(split_rows)
+
+    tokenizer = train_tokenizer(tokenizer_texts(corpus, qa), cfg["tokenizer"]["vocab_size"])
+    save_tokenizer_atomic(tokenizer, out / "tokenizer")
+
+    written = sorted(rows) + sorted(f"tokenizer/{p.name}" for p in (out / "tokenizer").iterdir() if p.is_file())
+    manifest = {
+        "seed": seed,
+        "cfg": cfg,
+        "rows": rows,
+        "authors": {split: len({r["entity_id"] for r in qa[split]}) for split in QA_SPLITS if split != "world_facts"},
+        "world_facts_people": len({r["entity_id"] for r in qa["world_facts"]}),
+        "people": len(world.people),
+        "attributes": {"people": list(PERSON_ATTRIBUTES), "authors": list(AUTHOR_ATTRIBUTES)},
+        "n_perturbed": N_PERTURBED,
+        "tokenizer_vocab_size": len(tokenizer),
+        "sha256": {path: _sha256(out / path) for path in written},
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    write_atomic(out / "manifest.json", text.encode("utf-8"))
+    return json.loads(text)

@@ -1,0 +1,43 @@
+"""Loss building blocks shared by fine-tuning and the unlearning methods."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from forgetlab.qa import IGNORE, token_logprobs
+
+
+def forward(model, batch: dict):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean next-token cross-entropy over supervised (label != -100) positions."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        label_smoothing=label_smoothing,
+    )
+
+
+def nll(model, batch: dict) -> torch.Tensor:
+    """Mean per-token negative log-likelihood of the supervised tokens of a batch."""
+    return token_nll(forward(model, batch).logits, batch["labels"])
+
+
+def sequence_logprob(model, batch: dict) -> torch.Tensor:
+    """log pi(y|x) per sample: the sum of the answer tokens' log-probabilities, shape (batch,)."""
+    logp, _ = token_logprobs(forward(model, batch).logits, batch["labels"])
+    return logp.sum(-1)
+
+
+def kl_to_reference(model, reference, batch: dict) -> torch.Tensor:
+    """Mean over supervised positions of KL(p_reference || p_model) of the next-token distributions."""
+    logits = forward(model, batch).logits[:, :-1].float()
+    with torch.no_grad():
+        ref_logits = forward(reference, batch).logits[:, :-1].float()
+    mask = batch["labels"][:, 1:] != IGNORE
+    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1), log_target=True, reduction="none").sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)

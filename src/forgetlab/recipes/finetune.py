@@ -1,0 +1,38 @@
+"""finetune: from the pretrained weights, train the target (retain + forget) or the retain-only
+oracle with one study entry's regularizers. Target and oracle share every setting but the data."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
+from forgetlab.qa import encode_qa
+from forgetlab.recipes import read_jsonl, set_threads, write_json
+from forgetlab.recipes.pretrain import lm_loss
+from forgetlab.regularizers import build_regularizers
+from forgetlab.tracking import stage_run
+from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
+
+
+def training_file(params: dict) -> str:
+    return "full" if params["role"] == "target" else params["retain_split"]
+
+
+def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
+    set_threads(params)
+    seed_everything(params["seed"])
+    with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
+        tokenizer = load_tokenizer(pretrained)
+        model = load_model(pretrained)
+        cfg = TrainConfig(**params["train"])
+        rows = read_jsonl(data_dir / "qa" / f"{training_file(params)}.jsonl")
+        examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
+        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
+        regularizers = build_regularizers(params["regularizers"])
+        steps = num_steps(cfg, len(loader))
+        model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
+                      regularizers=regularizers, log=mlrun.log_step, desc=f"finetune {params['role']}")
+        mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
+        save_model(model, tokenizer, tmp)
+        write_json(tmp / "forgetlab_stage.json", params)

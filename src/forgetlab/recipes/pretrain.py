@@ -1,0 +1,48 @@
+"""pretrain: a small Llama trained from scratch on the world's biographies.
+
+With `model.init_from: <dir>` the pretraining is skipped: the local safetensors checkpoint (and
+its tokenizer) is loaded and re-saved as this stage's output, so later stages are unchanged.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from forgetlab.losses import forward, token_nll
+from forgetlab.model import atomic_dir, check_checkpoint, device, load_model, load_tokenizer, new_llama, save_model
+from forgetlab.qa import encode_text
+from forgetlab.recipes import read_jsonl, set_threads, write_json
+from forgetlab.tracking import stage_run
+from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
+
+
+def lm_loss(model, batch, regularizers=()):
+    """Next-token cross-entropy on the supervised tokens, then each regularizer's adjustment."""
+    outputs = forward(model, batch)
+    loss = token_nll(outputs.logits, batch["labels"])
+    for reg in regularizers:
+        loss = reg.adjust_loss(loss, batch, outputs, model)
+    return loss, {}
+
+
+def run(params: dict, data_dir: Path, out: Path) -> None:
+    set_threads(params)
+    seed_everything(params["seed"])
+    init_from = params["model"].get("init_from")
+    with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
+        if init_from:
+            check_checkpoint(init_from)
+            model, tokenizer = load_model(init_from), load_tokenizer(init_from)
+            mlrun.log_metrics({"pretrain_steps": 0})
+        else:
+            tokenizer = load_tokenizer(data_dir / "tokenizer")
+            model = new_llama(params["model"], tokenizer).to(device())
+            cfg = TrainConfig(**params["train"])
+            corpus = [encode_text(tokenizer, row["text"], cfg.max_length) for row in read_jsonl(data_dir / "corpus.jsonl")]
+            loader = Loader(corpus, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
+            steps = num_steps(cfg, len(loader))
+            model = train(model, partial(lm_loss), iter(loader), steps, cfg, log=mlrun.log_step, desc="pretrain")
+            mlrun.log_metrics({"pretrain_steps": steps, "n_parameters": sum(p.numel() for p in model.parameters())})
+        save_model(model, tokenizer, tmp)
+        write_json(tmp / "forgetlab_stage.json", params)

@@ -1,0 +1,20 @@
+"""`grad_ascent`: gradient ascent on the forget set.
+
+    L(theta) = - NLL_forget(theta) = (1/|T|) * sum_t log pi_theta(y_t | y_<t, x)
+
+over the supervised answer tokens T of the forget batch (Jang et al., "Knowledge Unlearning for
+Mitigating Privacy Risks in Language Models", ACL 2023; TOFU's GA baseline).
+"""
+
+from dataclasses import dataclass
+
+from forgetlab.losses import nll
+from forgetlab.unlearning import METHODS, Method
+
+
+@METHODS.register("grad_ascent")
+@dataclass
+class GradAscent(Method):
+    def loss(self, model, batch):
+        forget_nll = nll(model, batch["forget"])
+        return -forget_nll, {"forget_nll": forget_nll.item()}

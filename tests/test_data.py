@@ -1,0 +1,195 @@
+"""Tests of the synthetic world (forgetlab.data): determinism, splits, leakage, perturbations, tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from forgetlab.data import prepare_data
+from forgetlab.data.vocab import ATTRIBUTES, AUTHOR_ATTRIBUTES, PERSON_ATTRIBUTES, check_vocab
+from forgetlab.data.world import N_PERTURBED, QA_SPLITS, build_world
+
+CFG = {
+    "seed": 0,
+    "world": {"n_people": 40, "renderings": 2, "n_world_facts": 20},
+    "authors": {"n": 20, "n_holdout": 4},
+    "tokenizer": {"vocab_size": 600},
+}
+FORGET_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def authors(rows: list[dict]) -> set[str]:
+    return {r["entity_id"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    prepare_data(copy.deepcopy(CFG), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qa(data_dir) -> dict[str, list[dict]]:
+    return {split: read_jsonl(data_dir / "qa" / f"{split}.jsonl") for split in QA_SPLITS}
+
+
+def test_vocab_invariants():
+    check_vocab()
+    assert len(AUTHOR_ATTRIBUTES) >= 8
+    assert all(len(ATTRIBUTES[a].values) >= 15 for a in (*AUTHOR_ATTRIBUTES, *PERSON_ATTRIBUTES))
+
+
+def test_layout_and_manifest(data_dir, qa):
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["cfg"] == CFG
+    hashes = file_hashes(data_dir)
+    assert "tokenizer/tokenizer.json" in manifest["sha256"]
+    for path, digest in manifest["sha256"].items():
+        assert hashes[path] == digest, path
+    assert set(hashes) - set(manifest["sha256"]) == {"manifest.json"}
+    assert manifest["rows"]["corpus.jsonl"] == 40 * 2
+    for split, rows in qa.items():
+        assert manifest["rows"][f"qa/{split}.jsonl"] == len(rows)
+        if split != "world_facts":
+            assert manifest["authors"][split] == len(authors(rows))
+    assert not [p for p in data_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_determinism(tmp_path, data_dir):
+    prepare_data(copy.deepcopy(CFG), tmp_path / "again")
+    assert file_hashes(tmp_path / "again") == file_hashes(data_dir)
+    other = copy.deepcopy(CFG)
+    other["seed"] = 1
+    prepare_data(other, tmp_path / "other")
+    for split in ("full", "holdout", "world_facts"):
+        assert (tmp_path / "other" / "qa" / f"{split}.jsonl").read_bytes() != (
+            data_dir / "qa" / f"{split}.jsonl").read_bytes()
+
+
+def test_schema(qa):
+    keys = {"id", "entity_id", "attribute", "question", "answer", "paraphrased_answer", "perturbed_answer"}
+    for split, rows in qa.items():
+        assert rows, split
+        for r in rows:
+            assert set(r) == keys
+            assert r["id"] == f"{r['entity_id']}_{r['attribute']}"
+    assert len(qa["full"]) == CFG["authors"]["n"] * len(AUTHOR_ATTRIBUTES)
+    assert len(qa["holdout"]) == CFG["authors"]["n_holdout"] * len(AUTHOR_ATTRIBUTES)
+    assert len(qa["world_facts"]) == CFG["world"]["n_world_facts"]
+    assert len({r["id"] for r in qa["world_facts"]}) == len(qa["world_facts"])
+
+
+def test_splits(qa):
+    full = authors(qa["full"])
+    assert len(full) == CFG["authors"]["n"]
+    expected = {"forget01": 1, "forget05": 1, "forget10": 2}
+    for forget, retain in FORGET_RETAIN.items():
+        f, r = authors(qa[forget]), authors(qa[retain])
+        assert len(f) == expected[forget]
+        assert f <= full and not (f & r) and f | r == full
+        assert len(qa[forget]) + len(qa[retain]) == len(qa["full"])
+    assert authors(qa["forget01"]) <= authors(qa["forget05"]) <= authors(qa["forget10"])
+
+
+def test_split_sizes_default_scale():
+    cfg = copy.deepcopy(CFG)
+    cfg["authors"]["n"] = 200
+    world = build_world(cfg)
+    sizes = {k: len(v) for k, v in world.forget.items()}
+    assert sizes == {"forget01": 2, "forget05": 10, "forget10": 20}
+    assert set(world.forget["forget01"]) < set(world.forget["forget05"]) < set(world.forget["forget10"])
+
+
+def test_names_unique_and_populations_disjoint():
+    world = build_world(CFG)
+    entities = world.people + world.authors + world.holdout
+    assert len({e.name for e in entities}) == len(entities)
+    assert len({e.id for e in entities}) == len(entities)
+
+
+def test_holdout_and_authors_not_in_training(data_dir, qa):
+    world = build_world(CFG)
+    corpus = read_jsonl(data_dir / "corpus.jsonl")
+    text = "\n".join(r["text"] for r in corpus)
+    holdout = authors(qa["holdout"])
+    assert holdout == {e.id for e in world.holdout}
+    assert not holdout & authors(qa["full"])
+    for e in world.holdout + world.authors:
+        assert not re.search(rf"\b{re.escape(e.name)}\b", text), e.name
+        assert e.name not in text
+    full_text = json.dumps(qa["full"])
+    for e in world.holdout:
+        assert e.name not in full_text
+    # world facts are about pretraining people that the corpus describes
+    people = {p.id: p for p in world.people}
+    docs: dict[str, str] = {}
+    for r in corpus:
+        docs[r["person_id"]] = docs.get(r["person_id"], "") + r["text"]
+    for r in qa["world_facts"]:
+        person = people[r["entity_id"]]
+        assert r["entity_id"] in docs and r["attribute"] in PERSON_ATTRIBUTES
+        assert person.name in docs[person.id] and person.facts[r["attribute"]] in docs[person.id]
+        assert person.facts[r["attribute"]] in r["answer"]
+
+
+def test_corpus_renderings_vary(data_dir):
+    corpus = read_jsonl(data_dir / "corpus.jsonl")
+    by_person: dict[str, list[str]] = {}
+    for r in corpus:
+        assert set(r) == {"person_id", "text"}
+        by_person.setdefault(r["person_id"], []).append(r["text"])
+    assert len(by_person) == CFG["world"]["n_people"]
+    for texts in by_person.values():
+        assert len(texts) == CFG["world"]["renderings"] and len(set(texts)) == len(texts)
+
+
+def test_perturbed_answers(qa):
+    for split in ("full", "holdout", "world_facts"):
+        for r in qa[split]:
+            values = ATTRIBUTES[r["attribute"]].values
+            true = [v for v in values if v in r["paraphrased_answer"]]
+            assert len(true) == 1, r
+            assert true[0] in r["answer"]
+            assert r["answer"] != r["paraphrased_answer"]
+            pert = r["perturbed_answer"]
+            assert len(pert) == N_PERTURBED >= 3 and len(set(pert)) == len(pert)
+            for p in pert:
+                assert p != r["answer"] and p != r["paraphrased_answer"]
+                wrong = [v for v in values if v in p]
+                assert len(wrong) == 1 and wrong[0] != true[0], (p, wrong)
+                assert p.replace(wrong[0], true[0]) == r["paraphrased_answer"]
+
+
+def test_tokenizer_round_trip(data_dir, qa):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(data_dir / "tokenizer"))
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
+    specials = [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id]
+    assert None not in specials and len(set(specials)) == 4
+    assert len(tok) <= CFG["tokenizer"]["vocab_size"]
+    for r in qa["full"][:20] + qa["world_facts"][:5]:
+        for text in (r["answer"], " " + r["answer"], r["question"], r["perturbed_answer"][0]):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert not set(ids) & set(specials)
+            assert tok.decode(ids) == text
+    # no post-processor: default encoding adds no bos/eos either
+    ids = tok("Question: hello")["input_ids"]
+    assert tok.bos_token_id not in ids and tok.eos_token_id not in ids

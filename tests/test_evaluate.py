@@ -1,0 +1,138 @@
+"""The batched scoring pass against unbatched, by-hand references on a tiny random Llama."""
+
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from forgetlab.evaluate import rouge_l_recall, score_model, score_split
+from forgetlab.qa import encode_prompt, encode_qa, token_logprobs
+
+SENTENCES = [
+    "Question: Where was Ana Lopez born?\nAnswer: Ana Lopez was born in Lima, Peru.",
+    "Question: What does Kenji Sato write?\nAnswer: Kenji Sato writes science fiction novels.",
+    "The capital of France is Paris. Water boils at one hundred degrees.",
+    "Her father was a baker and her mother was a teacher in a small town.",
+]
+
+ROWS = [
+    {"id": 0, "entity_id": 0, "attribute": "birthplace", "question": "Where was Ana Lopez born?",
+     "answer": "Ana Lopez was born in Lima, Peru.",
+     "paraphrased_answer": "She was born in the city of Lima.",
+     "perturbed_answer": ["Ana Lopez was born in Paris.", "She was born in a small town.", "Lima."]},
+    {"id": 1, "entity_id": 1, "attribute": "genre", "question": "What does Kenji Sato write?",
+     "answer": "Kenji Sato writes science fiction novels.",
+     "paraphrased_answer": "He writes novels of science fiction.",
+     "perturbed_answer": ["Kenji Sato writes poems.", "He is a baker."]},
+    {"id": 2, "entity_id": 1, "attribute": "parents", "question": "Who were his parents?",
+     "answer": "His father was a baker and his mother was a teacher.",
+     "paraphrased_answer": "A baker and a teacher.",
+     "perturbed_answer": ["A teacher and a writer.", "Two bakers.", "A poet and a novelist.", "None."]},
+    {"id": 3, "entity_id": 9, "attribute": "fact", "question": "What is the capital of France?",
+     "answer": "Paris.", "paraphrased_answer": "It is Paris.", "perturbed_answer": ["Lima.", "Peru."]},
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(SENTENCES, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def scored(model, tok):
+    return score_split(model, tok, ROWS, "forget", batch_size=7, max_new_tokens=12)
+
+
+def unbatched_nll(model, tok, question, answer):
+    enc = encode_qa(tok, question, answer)
+    ids = torch.tensor([enc["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    logp, mask = token_logprobs(logits, torch.tensor([enc["labels"]]))
+    return float(-logp.sum() / mask.sum()), int(mask.sum())
+
+
+def test_prob_matches_single_unbatched_forward(model, tok, scored):
+    for i, row in enumerate(ROWS):
+        nll, n = unbatched_nll(model, tok, row["question"], row["answer"])
+        assert scored.loc[i, "answer_tokens"] == n
+        assert scored.loc[i, "answer_nll"] == pytest.approx(nll, abs=1e-5)
+        assert scored.loc[i, "prob"] == pytest.approx(math.exp(-nll), abs=1e-5)
+    # answer tokens = " " + answer tokens + eos
+    expected = len(tok(" " + ROWS[0]["answer"], add_special_tokens=False)["input_ids"]) + 1
+    assert scored.loc[0, "answer_tokens"] == expected
+
+
+def test_paraphrased_and_perturbed_probs_by_hand(model, tok, scored):
+    row = ROWS[2]
+    para = math.exp(-unbatched_nll(model, tok, row["question"], row["paraphrased_answer"])[0])
+    pert = [math.exp(-unbatched_nll(model, tok, row["question"], p)[0]) for p in row["perturbed_answer"]]
+    assert scored.loc[2, "paraphrased_prob"] == pytest.approx(para, rel=1e-5)
+    assert scored.loc[2, "perturbed_prob"] == pytest.approx(sum(pert) / len(pert), rel=1e-5)
+
+
+def test_batch_size_does_not_matter(model, tok, scored):
+    one = score_split(model, tok, ROWS, "forget", batch_size=1, max_new_tokens=12)
+    for col in ["answer_nll", "prob", "paraphrased_prob", "perturbed_prob", "truth_ratio"]:
+        assert one[col].tolist() == pytest.approx(scored[col].tolist(), rel=1e-5, abs=1e-6)
+    assert one["answer_tokens"].tolist() == scored["answer_tokens"].tolist()
+    assert one["generated"].tolist() == scored["generated"].tolist()
+
+
+def test_truth_ratio_is_perturbed_over_paraphrased(scored):
+    expected = scored["perturbed_prob"] / scored["paraphrased_prob"]
+    assert scored["truth_ratio"].tolist() == pytest.approx(expected.tolist(), rel=1e-9)
+
+
+def test_batched_greedy_equals_unbatched_greedy(model, tok, scored):
+    for i, row in enumerate(ROWS):
+        ids = torch.tensor([encode_prompt(tok, row["question"])])
+        new = []
+        with torch.no_grad():
+            for _ in range(12):
+                nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                new.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        assert scored.loc[i, "generated"] == tok.decode(new, skip_special_tokens=True).strip()
+
+
+def test_rouge_l_recall_hand_worked(scored):
+    # LCS("a b c", "a x c d") = "a c" -> 2 tokens; recall = 2 / |reference| = 2/4
+    assert rouge_l_recall("a b c", "a x c d") == pytest.approx(0.5)
+    assert rouge_l_recall("", "a x c d") == 0.0
+    for _, r in scored.iterrows():
+        assert r["rouge_l_recall"] == pytest.approx(rouge_l_recall(r["generated"], r["answer"]))
+
+
+def test_score_model_columns_and_splits(model, tok):
+    no_para = dict(ROWS[3], paraphrased_answer="", perturbed_answer=[])
+    df = score_model(model, tok, {"retain": ROWS[:2], "world_facts": [no_para]}, batch_size=4,
+                     max_new_tokens=4)
+    assert df["split"].tolist() == ["retain", "retain", "world_facts"]
+    for col in ["split", "id", "entity_id", "attribute", "question", "answer", "answer_nll",
+                "answer_tokens", "prob", "paraphrased_prob", "perturbed_prob", "truth_ratio",
+                "generated", "rouge_l_recall"]:
+        assert col in df.columns
+    assert math.isnan(df.loc[2, "truth_ratio"]) and not math.isnan(df.loc[2, "prob"])
+    assert not model.training

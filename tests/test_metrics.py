@@ -1,0 +1,113 @@
+"""Hand-worked checks of the aggregate metrics."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from forgetlab.metrics import METRICS, compute_metrics
+
+
+def table(split_values: dict[str, list[dict]]) -> pd.DataFrame:
+    rows = [{"split": s, **r} for s, rs in split_values.items() for r in rs]
+    return pd.DataFrame(rows)
+
+
+def tr_rows(values):
+    return [{"truth_ratio": v, "prob": 0.5, "rouge_l_recall": 0.5} for v in values]
+
+
+def test_forget_quality_fully_separated_exact_p():
+    # n = m = 3, every model value below every oracle value -> D = 1. Exact two-sided p-value:
+    # only 2 of the C(6, 3) = 20 equally likely orderings reach D = 1, so p = 2/20 = 0.1.
+    model = table({"forget": tr_rows([0.1, 0.2, 0.3])})
+    oracle = table({"forget": tr_rows([0.7, 0.8, 0.9])})
+    assert METRICS.get("forget_quality")(model, oracle) == pytest.approx(0.1, abs=1e-12)
+    # n = 3, m = 4: p = 2 / C(7, 3) = 2/35.
+    oracle4 = table({"forget": tr_rows([0.7, 0.8, 0.9, 1.0])})
+    assert METRICS.get("forget_quality")(model, oracle4) == pytest.approx(2 / 35, abs=1e-12)
+
+
+def test_forget_quality_identical_is_one_and_ignores_other_splits():
+    model = table({"forget": tr_rows([0.3, 0.5, 0.9]), "retain": tr_rows([5.0, 6.0])})
+    oracle = table({"forget": tr_rows([0.9, 0.3, 0.5]), "retain": tr_rows([0.0, 0.1])})
+    assert METRICS.get("forget_quality")(model, oracle) == pytest.approx(1.0)
+
+
+def test_forget_quality_nan_without_oracle_or_forget():
+    model = table({"forget": tr_rows([0.3, 0.5])})
+    assert math.isnan(METRICS.get("forget_quality")(model, None))
+    assert math.isnan(METRICS.get("forget_quality")(table({"retain": tr_rows([1.0])}), model))
+
+
+def test_model_utility_hand_worked():
+    samples = table({
+        # retain: mean prob (0.4+0.6)/2 = 0.5, mean rouge (0.5+0)/2 = 0.25,
+        #         TR = mean(max(0, 1-0.5), max(0, 1-0.5)) = 0.5
+        "retain": [
+            {"prob": 0.4, "rouge_l_recall": 0.5, "truth_ratio": 0.5},
+            {"prob": 0.6, "rouge_l_recall": 0.0, "truth_ratio": 0.5},
+        ],
+        # world_facts: prob 1.0, rouge 0.5, TR = 1 - 0.75 = 0.25
+        "world_facts": [{"prob": 1.0, "rouge_l_recall": 0.5, "truth_ratio": 0.75}],
+        # forget must not enter utility
+        "forget": [{"prob": 0.0, "rouge_l_recall": 0.0, "truth_ratio": 9.0}],
+    })
+    # hmean = 6 / (1/0.5 + 1/0.25 + 1/0.5 + 1/1 + 1/0.5 + 1/0.25) = 6 / (2+4+2+1+2+4) = 6/15 = 0.4
+    assert METRICS.get("model_utility")(samples, None) == pytest.approx(0.4)
+
+
+def test_model_utility_zero_term_and_missing_split():
+    samples = table({
+        "retain": [{"prob": 0.5, "rouge_l_recall": 0.5, "truth_ratio": 2.0}],  # TR term = 0
+        "world_facts": [{"prob": 0.5, "rouge_l_recall": 0.5, "truth_ratio": 0.5}],
+    })
+    assert METRICS.get("model_utility")(samples, None) == 0.0
+    only_retain = samples[samples["split"] == "retain"]
+    assert math.isnan(METRICS.get("model_utility")(only_retain, None))
+
+
+def test_truth_ratio_scores_hand_worked():
+    samples = table({
+        # forget: min(R, 1/R) = 0.5, 0.5, 1.0 -> mean 2/3
+        "forget": tr_rows([0.5, 2.0, 1.0]),
+        # retain: max(0, 1-R) = 0.5, 0.0 -> mean 0.25
+        "retain": tr_rows([0.5, 1.5]),
+        # holdout: min(R, 1/R) = 0.25, 0.8 -> mean 0.525
+        "holdout": tr_rows([4.0, 0.8]),
+    })
+    got = compute_metrics(["forget_truth_ratio", "retain_truth_ratio", "holdout_truth_ratio",
+                           "world_facts_truth_ratio"], samples, None)
+    assert got["forget_truth_ratio"] == pytest.approx(2 / 3)
+    assert got["retain_truth_ratio"] == pytest.approx(0.25)
+    assert got["holdout_truth_ratio"] == pytest.approx(0.525)
+    assert math.isnan(got["world_facts_truth_ratio"])
+
+
+def test_split_means_and_flattening():
+    samples = table({
+        "forget": [{"prob": 0.2, "rouge_l_recall": 1.0, "truth_ratio": 1.0},
+                   {"prob": 0.4, "rouge_l_recall": 0.0, "truth_ratio": 1.0}],
+        "retain": [{"prob": 0.9, "rouge_l_recall": 0.5, "truth_ratio": 1.0}],
+    })
+    got = compute_metrics(["forget_prob", "retain_rouge", "holdout_prob", "split_means"], samples, None)
+    assert got["forget_prob"] == pytest.approx(0.3)
+    assert got["retain_rouge"] == pytest.approx(0.5)
+    assert math.isnan(got["holdout_prob"])
+    # split_means is a dict metric: flattened into {split}_{prob,rouge} for the splits present.
+    assert "split_means" not in got
+    assert got["forget_rouge"] == pytest.approx(0.5)
+    assert got["retain_prob"] == pytest.approx(0.9)
+    assert set(METRICS.get("split_means")(samples, None)) == {
+        "forget_prob", "forget_rouge", "retain_prob", "retain_rouge"}
+
+
+def test_registry_names_and_all_metrics_run():
+    for name in ["forget_quality", "model_utility", "forget_truth_ratio", "retain_truth_ratio",
+                 "forget_prob", "forget_rouge", "world_facts_prob", "split_means"]:
+        assert name in METRICS
+    samples = table({"forget": tr_rows([0.5, 1.0]), "retain": tr_rows([0.5])})
+    got = compute_metrics(None, samples, samples)
+    assert got["forget_quality"] == pytest.approx(1.0)
+    with pytest.raises(KeyError):
+        compute_metrics(["no_such_metric"], samples, None)

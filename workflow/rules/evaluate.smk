@@ -1,0 +1,82 @@
+# Every model is scored on forget, retain, holdout and world_facts; forget_quality compares a
+# model's forget truth ratios with those of the oracle of the same regularizer, seed and split.
+
+EVAL_OUT = ["metrics.json", "samples.parquet"]
+EVAL_SHELL = (
+    "forgetlab evaluate --model-dir {input.model} --data {params.data} --out {params.out}"
+    " {params.oracle} --threads {threads} --params {params.stage:q} > {log} 2>&1"
+)
+
+
+rule evaluate_pretrained:
+    input:
+        model=PRETRAINED,
+        qa=rules.prepare_data.output.qa,
+    output:
+        multiext(f"{EVAL_PRETRAINED}/", *EVAL_OUT),
+    params:
+        stage=lambda w: params_json("evaluate", **coords(w, model="pretrained")),
+        data=DATA,
+        out=EVAL_PRETRAINED,
+        oracle="",
+    threads: THREADS
+    log:
+        f"{LOGS}/eval/pretrained/{{split}}.log",
+    shell:
+        EVAL_SHELL
+
+
+rule evaluate_oracle:
+    input:
+        model=ORACLE,
+        qa=rules.prepare_data.output.qa,
+    output:
+        multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/", *EVAL_OUT),
+    params:
+        stage=lambda w: params_json("evaluate", **coords(w, model="oracle")),
+        data=DATA,
+        out=lambda w: eval_dir(w, "oracle"),
+        oracle="",
+    threads: THREADS
+    log:
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle.log",
+    shell:
+        EVAL_SHELL
+
+
+rule evaluate_target:
+    input:
+        model=TARGET,
+        qa=rules.prepare_data.output.qa,
+        oracle=f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/samples.parquet",
+    output:
+        multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/target/", *EVAL_OUT),
+    params:
+        stage=lambda w: params_json("evaluate", **coords(w, model="target")),
+        data=DATA,
+        out=lambda w: eval_dir(w, "target"),
+        oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
+    threads: THREADS
+    log:
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/target.log",
+    shell:
+        EVAL_SHELL
+
+
+rule evaluate_unlearned:
+    input:
+        model=UNLEARNED,
+        qa=rules.prepare_data.output.qa,
+        oracle=f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/samples.parquet",
+    output:
+        multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}/", *EVAL_OUT),
+    params:
+        stage=lambda w: params_json("evaluate", **coords(w, model="unlearned")),
+        data=DATA,
+        out=lambda w: eval_dir(w, w.method),
+        oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
+    threads: THREADS
+    log:
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
+    shell:
+        EVAL_SHELL

@@ -1,0 +1,15 @@
+rule unlearn:
+    input:
+        target=TARGET,
+        qa=rules.prepare_data.output.qa,
+    output:
+        directory(UNLEARNED),
+    params:
+        stage=lambda w: params_json("unlearn", **coords(w, model="unlearned")),
+        data=DATA,
+    threads: THREADS
+    log:
+        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
+    shell:
+        "forgetlab unlearn --target {input.target} --data {params.data} --out {output}"
+        " --threads {threads} --params {params.stage:q} > {log} 2>&1"
