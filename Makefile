@@ -4,10 +4,10 @@ PYTHON ?= python3
 CONFIG ?= config/config.yaml
 CORES ?= all
 STUDY ?= default
-BIN := $(CURDIR)/$(VENV)/bin
+BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run smoke test pull push mlflow-ui benchmark clean-smoke
+.PHONY: install run smoke test pull push mlflow-ui benchmark
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,13 +26,11 @@ smoke: install  ## the micro study of the tests
 test: install
 	$(BIN)/python -m pytest -q tests
 
-push: install  ## version a finished study with DVC and push it to the default remote
-	dvc add data/$(STUDY) results/$(STUDY)
+push: install  ## push a finished study (tracked by its `track` rule) to the default DVC remote
 	dvc push data/$(STUDY).dvc results/$(STUDY).dvc
 
 pull: install  ## restore a finished study (STUDY=..., CONFIG=...) from the DVC remote
-	dvc pull data/$(STUDY).dvc results/$(STUDY).dvc
-	snakemake --cores 1 --configfile $(CONFIG) --touch
+	forgetlab pull $(STUDY) --configfile $(CONFIG)
 
 mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000

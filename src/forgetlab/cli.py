@@ -65,10 +65,6 @@ def finetune(pretrained: Path = typer.Option(...), data: Path = typer.Option(...
     from forgetlab.recipes import finetune as recipe
 
     p = resolve("finetune", params, config, threads, model=role, role=role, regularizer=regularizer, seed=seed, split=split)
-    if p["role"] == "oracle" and "retain_split" not in p:
-        from forgetlab.config import RETAIN_OF
-
-        p["retain_split"] = RETAIN_OF[p["split"]]
     recipe.run(p, pretrained, data, out)
 
 
@@ -106,6 +102,26 @@ def report(metrics: list[Path] = typer.Argument(..., help="metrics.json files of
     from forgetlab.recipes import report as recipe
 
     recipe.run(resolve("report", params, config, None), metrics, out)
+
+
+@app.command()
+def pull(study: str = typer.Argument(..., help="the study name (results/<study>, data/<study>)"),
+         configfile: Path = typer.Option(..., "--configfile", help="the study's config, to mark its outputs up to date"),
+         remote: Optional[str] = typer.Option(None, help="a DVC remote other than the default")):
+    """Restore one finished study from the DVC remote, so that snakemake finds nothing to redo."""
+    import subprocess
+
+    from forgetlab.registry import NAME_RE
+
+    if not NAME_RE.match(study):
+        raise typer.BadParameter(f"study name {study!r} must match [a-z0-9_-]+")
+    targets = [f"data/{study}.dvc", f"results/{study}.dvc"]
+    missing = [t for t in targets if not Path(t).exists()]
+    if missing:
+        raise typer.BadParameter(f"{', '.join(missing)} not found: was the study pushed and committed?")
+    subprocess.run(["dvc", "pull", *(["-r", remote] if remote else []), *targets], check=True)
+    # checked-out files get checkout-order mtimes; touch them in DAG order so nothing looks stale
+    subprocess.run(["snakemake", "--cores", "1", "--touch", "--configfile", str(configfile)], check=True)
 
 
 @app.command("check-config")

@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
-ROLES = ("target", "oracle")
+RESERVED_MODELS = ("pretrained", "target", "oracle", "unlearned")
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
@@ -73,6 +73,8 @@ def check_config(config: dict) -> None:
             _check_params(key, REGULARIZERS.get(spec["name"]), _params(spec))
     for entry, spec in config["methods"].items():
         key = f"methods.{entry}"
+        if entry in RESERVED_MODELS:
+            raise ConfigError(f"config key {key}: {entry!r} is reserved for a model role; rename the entry")
         if spec["name"] not in METHODS:
             raise ConfigError(f"config key {key}.name: unknown unlearning method {spec['name']!r}; known: {METHODS.names()}")
         _check_params(key, METHODS.get(spec["name"]), _params(spec))
@@ -93,19 +95,26 @@ def build(registry, spec: dict) -> Any:
     return registry.get(spec["name"])(**_params(spec))
 
 
+def stage_threads(config: dict, stage: str) -> int:
+    return config.get("threads", {}).get(stage, 1)
+
+
 def stage_params(config: dict, stage: str, **coords: Any) -> dict:
     """The resolved parameters of one stage job: exactly what it reads, and what MLflow records.
 
     coords are the grid coordinates of the job (regularizer, seed, split, method, role, model).
     """
-    base = {"study": config["study"], "stage": stage, "threads": config.get("threads", 1), **coords}
+    base = {"study": config["study"], "stage": stage, "threads": stage_threads(config, stage), **coords}
     if stage == "prepare_data":
         return {**base, "data": config["data"]}
     if stage == "pretrain":
         return {**base, "seed": config["data"]["seed"], "model": config["model"], "train": config["pretrain"]}
     if stage == "finetune":
         reg = coords["regularizer"]
-        return {**base, "train": config["finetune"], "regularizers": config["regularizers"][reg]}
+        params = {**base, "train": config["finetune"], "regularizers": config["regularizers"][reg]}
+        if coords.get("split"):
+            params["retain_split"] = RETAIN_OF[coords["split"]]
+        return params
     if stage == "unlearn":
         return {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
                 "retain_split": RETAIN_OF[coords["split"]]}

@@ -1,7 +1,7 @@
 # The study grid and the paths of every artifact. The only place in the workflow with logic.
 import json
 
-from forgetlab.config import check_config, stage_params
+from forgetlab.config import check_config, stage_params, stage_threads
 
 check_config(config)  # component names and parameters against the registries; names the key
 
@@ -14,7 +14,6 @@ REGULARIZERS = list(config["regularizers"])
 METHODS = list(config["methods"])
 SPLITS = config["splits"]
 SEEDS = config["seeds"]
-THREADS = config.get("threads", 1)
 
 
 wildcard_constraints:
@@ -59,4 +58,4 @@ def all_metric_files():
 
 
 def study_outputs():
-    return [f"{RES}/summary.parquet", f"{RES}/summary.csv", f"{RES}/forget_quality_vs_utility.png"]
+    return [f"{RES}/summary.parquet", f"{RES}/summary.csv", f"{RES}/forget_quality_vs_utility.png", f"{RES}.dvc", f"{DATA}.dvc"]

@@ -19,7 +19,7 @@ rule evaluate_pretrained:
         data=DATA,
         out=EVAL_PRETRAINED,
         oracle="",
-    threads: THREADS
+    threads: stage_threads(config, "evaluate")
     log:
         f"{LOGS}/eval/pretrained/{{split}}.log",
     shell:
@@ -37,7 +37,7 @@ rule evaluate_oracle:
         data=DATA,
         out=lambda w: eval_dir(w, "oracle"),
         oracle="",
-    threads: THREADS
+    threads: stage_threads(config, "evaluate")
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle.log",
     shell:
@@ -56,7 +56,7 @@ rule evaluate_target:
         data=DATA,
         out=lambda w: eval_dir(w, "target"),
         oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
-    threads: THREADS
+    threads: stage_threads(config, "evaluate")
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/target.log",
     shell:
@@ -75,7 +75,7 @@ rule evaluate_unlearned:
         data=DATA,
         out=lambda w: eval_dir(w, w.method),
         oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
-    threads: THREADS
+    threads: stage_threads(config, "evaluate")
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
     shell:

@@ -7,7 +7,7 @@ rule finetune_target:
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="target", role="target")),
         data=DATA,
-    threads: THREADS
+    threads: stage_threads(config, "finetune")
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/target.log",
     shell:
@@ -24,7 +24,7 @@ rule finetune_oracle:
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="oracle", role="oracle")),
         data=DATA,
-    threads: THREADS
+    threads: stage_threads(config, "finetune")
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle.log",
     shell:

@@ -7,7 +7,7 @@ rule pretrain:
     params:
         stage=params_json("pretrain", model="pretrained"),
         data=DATA,
-    threads: THREADS
+    threads: stage_threads(config, "pretrain")
     log:
         f"{LOGS}/pretrain.log",
     shell:

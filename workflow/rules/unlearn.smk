@@ -7,7 +7,7 @@ rule unlearn:
     params:
         stage=lambda w: params_json("unlearn", **coords(w, model="unlearned")),
         data=DATA,
-    threads: THREADS
+    threads: stage_threads(config, "unlearn")
     log:
         f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
     shell:

@@ -1,0 +1,89 @@
+"""Wall time of the default study on this machine, and whether its forget quality discriminates.
+
+Runs the default study (config/config.yaml) from scratch under the study name `benchmark`,
+then fine-tunes one more retain-only oracle with another seed and scores it against the seed-0
+oracle. Prints, and writes to benchmarks/results/study_walltime.json:
+- wall_s: the study's wall time with `snakemake --cores 2` (target: <= 900 s on 2 CPU cores);
+- fq_target_vs_oracle: forget_quality of each regularizer's target against its oracle (target: <= 1e-5);
+- fq_oracle_seed1_vs_oracle: forget_quality of a second oracle (seed 1) against it (target: >= 0.05).
+
+    python benchmarks/study_walltime.py [--config config/config.yaml] [--cores 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from forgetlab.config import stage_params
+
+STUDY = "benchmark"
+
+
+def sh(*cmd: str) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--cores", default="2")
+    args = ap.parse_args()
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    config = yaml.safe_load(Path(args.config).read_text())
+    config["study"] = STUDY
+    for path in (Path("results") / STUDY, Path("data") / STUDY):
+        shutil.rmtree(path, ignore_errors=True)
+
+    start = time.perf_counter()
+    sh("snakemake", "--cores", args.cores, "--configfile", args.config, "--config", f"study={STUDY}", "--quiet", "rules")
+    wall = time.perf_counter() - start
+
+    summary = pd.read_parquet(Path("results") / STUDY / "summary.parquet")
+    split, seed = config["splits"][0], config["seeds"][0]
+    targets = summary[(summary.model == "target") & (summary.split == split) & (summary.seed == seed)]
+    fq_target = dict(zip(targets.regularizer, targets.forget_quality))
+
+    # one more oracle, with another seed, scored against the first
+    reg, other_seed = next(iter(config["regularizers"])), seed + 1
+    res, data = Path("results") / STUDY, f"data/{STUDY}"
+    oracle2 = res / "extra" / reg / f"seed{other_seed}" / split
+    ft = stage_params(config, "finetune", model="oracle", role="oracle", regularizer=reg, seed=other_seed, split=split)
+    sh("forgetlab", "finetune", "--pretrained", str(res / "pretrain" / "model"), "--data", data,
+       "--out", str(oracle2 / "model"), "--params", json.dumps(ft))
+    ev = stage_params(config, "evaluate", model="oracle_seed1", regularizer=reg, seed=other_seed, split=split)
+    sh("forgetlab", "evaluate", "--model-dir", str(oracle2 / "model"), "--data", data, "--out", str(oracle2 / "eval"),
+       "--oracle", str(res / "eval" / reg / f"seed{seed}" / split / "oracle"), "--params", json.dumps(ev))
+    fq_oracle = json.loads((oracle2 / "eval" / "metrics.json").read_text())["metrics"]["forget_quality"]
+
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads per job from config",
+        "config": args.config,
+        "wall_s": round(wall, 1),
+        "fq_target_vs_oracle": fq_target,
+        "fq_oracle_seed1_vs_oracle": {reg: fq_oracle},
+        "targets": {"wall_s": "<= 900", "fq_target_vs_oracle": "<= 1e-5", "fq_oracle_seed1_vs_oracle": ">= 0.05"},
+        "summary": summary[["model", "regularizer", "method", "forget_quality", "model_utility", "forget_prob",
+                            "retain_prob", "forget_rouge", "retain_rouge"]].to_dict(orient="records"),
+    }
+    out = Path("benchmarks/results/study_walltime.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps({k: result[k] for k in ("date", "wall_s", "fq_target_vs_oracle", "fq_oracle_seed1_vs_oracle")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

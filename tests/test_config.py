@@ -1,0 +1,88 @@
+"""Bad configs are rejected before any job runs, and the error names the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+
+import pytest
+import yaml
+
+from forgetlab.config import ConfigError, check_config, validate_schema
+from forgetlab.model import check_checkpoint
+from tests.conftest import REPO, cli_env, smoke_config
+
+
+def check(config):
+    validate_schema(config)
+    check_config(config)
+
+
+def mutated(edit):
+    config = copy.deepcopy(smoke_config())
+    edit(config)
+    return config
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c.update(lerning_rate=1), "lerning_rate"),
+        (lambda c: c["finetune"].update(lr="fast"), "finetune.lr"),
+        (lambda c: c["finetune"].update(epoch=3), "epoch"),
+        (lambda c: c.update(splits=["forget20"]), "splits.0"),
+        (lambda c: c.update(study="My Study"), "study"),
+        (lambda c: c["regularizers"].update(bad=[{"name": "dropuot"}]), "regularizers.bad[0].name"),
+        (lambda c: c["regularizers"]["dropout"][0].update(attention="high"), "regularizers.dropout[0].attention"),
+        (lambda c: c["regularizers"]["dropout"][0].update(p=0.1), "regularizers.dropout[0].p"),
+        (lambda c: c["methods"].update(x={"name": "grad_descent"}), "methods.x.name"),
+        (lambda c: c["methods"]["npo"].update(beta="0.1"), "methods.npo.beta"),
+        (lambda c: c["methods"].update(oracle={"name": "npo"}), "methods.oracle"),
+        (lambda c: c["evaluate"].update(metrics=["forget_quality", "accuracy"]), "evaluate.metrics[1]"),
+        (lambda c: c["model"].update(init_from="/nonexistent/ckpt"), "model.init_from"),
+    ],
+)
+def test_bad_config_names_the_key(edit, key):
+    with pytest.raises(ConfigError) as err:
+        check(mutated(edit))
+    assert key in str(err.value)
+
+
+def test_smoke_and_default_configs_are_valid():
+    check(smoke_config())
+    check(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        check_checkpoint(tmp_path / "nope")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="only safetensors"):
+        check_checkpoint(tmp_path / "pickled")
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["finetune"].update(lr="fast"), "On instance['finetune']['lr']"),
+        (lambda c: c["regularizers"].update(bad=[{"name": "dropuot"}]), "regularizers.bad[0].name"),
+    ],
+)
+def test_snakemake_rejects_bad_config_before_any_job(edit, key, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutated(edit)))
+    proc = subprocess.run(
+        ["snakemake", "-n", "--cores", "1", "--configfile", str(bad), "--directory", str(tmp_path), "-s", str(REPO / "Snakefile")],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert key in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_check_config_exit_code(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(mutated(lambda c: c.update(splits=["forget20"]))))
+    proc = subprocess.run(["forgetlab", "check-config", str(bad)], capture_output=True, text=True, env=cli_env())
+    assert proc.returncode == 2 and "splits.0" in proc.stderr

@@ -1,0 +1,149 @@
+"""End to end: the whole DAG through Snakemake on config/smoke.yaml, read back from the outputs,
+from MLflow, and from a DVC round trip into a fresh clone."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, cli_env, smoke_config
+
+CONFIG = "config/smoke.yaml"
+ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed"]
+
+
+def sh(*cmd, cwd, check=True):
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=cli_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A git + DVC checkout of the workflow with the smoke study run in it."""
+    work = tmp_path_factory.mktemp("e2e") / "work"
+    work.mkdir()
+    for item in ("Snakefile", "workflow", "config", "src/forgetlab/config.schema.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+        dest = work / item
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)
+    remote = work.parent / "dvc-remote"
+    sh("git", "init", "-q", cwd=work)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", ".", cwd=work)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workflow", cwd=work)
+    sh("dvc", "remote", "modify", "--local", "local", "url", remote, cwd=work)
+    run = sh("snakemake", "--cores", "2", "--configfile", CONFIG, cwd=work)
+    return {"work": work, "remote": remote, "log": run.stdout + run.stderr}
+
+
+def n_models(config):
+    grid = len(config["regularizers"]) * len(config["seeds"]) * len(config["splits"])
+    return len(config["splits"]) + grid * (2 + len(config["methods"]))  # pretrained per split; target, oracle, methods
+
+
+def test_summary_has_one_row_per_model_and_a_column_per_metric(study):
+    config = smoke_config()
+    res = study["work"] / "results" / "smoke"
+    table = pd.read_parquet(res / "summary.parquet")
+    assert len(table) == n_models(config)
+    assert set(ID_COLUMNS) <= set(table.columns)
+    for metric in ("forget_quality", "model_utility", "forget_prob", "retain_rouge", "forget_truth_ratio"):
+        assert metric in table.columns
+    assert table.groupby(ID_COLUMNS, dropna=False).size().max() == 1
+    assert sorted(table["model"].unique()) == ["oracle", "pretrained", "target", "unlearned"]
+    assert set(table.loc[table.model == "unlearned", "method"]) == set(config["methods"])
+    assert (table.loc[table.model == "oracle", "forget_quality"] == 1.0).all()
+    csv = pd.read_csv(res / "summary.csv")
+    assert len(csv) == len(table) and list(csv.columns) == list(table.columns)
+    assert (res / "forget_quality_vs_utility.png").stat().st_size > 10_000
+    # per-sample values kept next to the aggregates, one row per QA of each evaluation split
+    samples = pd.read_parquet(res / "eval" / "none" / "seed0" / "forget10" / "npo" / "samples.parquet")
+    forget_rows = sum(1 for _ in open(study["work"] / "data" / "smoke" / "qa" / "forget10.jsonl"))
+    assert (samples["split"] == "forget").sum() == forget_rows
+    assert {"truth_ratio", "prob", "rouge_l_recall", "generated"} <= set(samples.columns)
+
+
+def test_mlflow_runs_match_the_summary(study):
+    work = study["work"]
+    client = MlflowClient(f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    head = sh("git", "rev-parse", "HEAD", cwd=work).stdout.strip()
+    assert {r.data.tags["git_commit"] for r in runs} == {head}
+    stages = pd.Series([r.data.tags["stage"] for r in runs]).value_counts().to_dict()
+    config = smoke_config()
+    n_grid = len(config["regularizers"]) * len(config["seeds"])
+    assert stages == {"prepare_data": 1, "pretrain": 1, "finetune": 2 * n_grid, "unlearn": n_grid * len(config["methods"]),
+                      "evaluate": n_models(config), "report": 1}
+
+    table = pd.read_parquet(work / "results" / "smoke" / "summary.parquet")
+    evals = [r for r in runs if r.data.tags["stage"] == "evaluate"]
+    for run in evals:
+        t = run.data.tags
+        row = table[(table.model == t["model"]) & (table.split == t["split"])
+                    & (table.regularizer.fillna("") == t.get("regularizer", ""))
+                    & (table.method.fillna("") == t.get("method", ""))]
+        assert len(row) == 1, t
+        row = row.iloc[0]
+        assert run.data.metrics, t
+        for name, value in run.data.metrics.items():
+            assert value == pytest.approx(row[name], rel=1e-9), (t, name)
+        nan_metrics = [c for c in table.columns[len(ID_COLUMNS) + 1:] if isinstance(row[c], float) and math.isnan(row[c])]
+        assert not set(nan_metrics) & set(run.data.metrics)
+
+    for run in (r for r in runs if r.data.tags["stage"] in ("pretrain", "finetune", "unlearn")):
+        steps = int(run.data.metrics.get("train_steps") or run.data.metrics.get("unlearn_steps") or run.data.metrics["pretrain_steps"])
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert [m.step for m in history] == list(range(steps))
+        assert len(client.get_metric_history(run.info.run_id, "lr")) == steps
+        assert len(client.get_metric_history(run.info.run_id, "grad_norm")) == steps
+        assert float(run.data.params["train.lr"]) == config[run.data.tags["stage"]]["lr"]
+        assert run.data.tags["artifact_path"].startswith("results/smoke/")
+
+    report = next(r for r in runs if r.data.tags["stage"] == "report")
+    names = {a.path for a in client.list_artifacts(report.info.run_id)}
+    assert {"summary.parquet", "summary.csv", "forget_quality_vs_utility.png"} <= names
+
+
+def test_second_invocation_has_nothing_to_do(study):
+    proc = sh("snakemake", "-n", "--cores", "2", "--configfile", CONFIG, cwd=study["work"])
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_dvc_round_trip_restores_the_finished_study(study, tmp_path):
+    work = study["work"]
+    assert (work / "results" / "smoke.dvc").exists() and (work / "data" / "smoke.dvc").exists()
+    sh("dvc", "push", "data/smoke.dvc", "results/smoke.dvc", cwd=work)
+    sh("git", "add", "data", "results", cwd=work)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke study", cwd=work)
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", work, clone, cwd=tmp_path)
+    assert not (clone / "results" / "smoke" / "summary.parquet").exists()
+    sh("dvc", "remote", "modify", "--local", "local", "url", study["remote"], cwd=clone)
+    sh("forgetlab", "pull", "smoke", "--configfile", CONFIG, cwd=clone)
+
+    restored = pd.read_parquet(clone / "results" / "smoke" / "summary.parquet")
+    pd.testing.assert_frame_equal(restored, pd.read_parquet(work / "results" / "smoke" / "summary.parquet"))
+    plan = sh("snakemake", "-n", "--cores", "2", "--configfile", CONFIG, cwd=clone)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
+
+    # the report rebuilds from the restored evaluations, with no training job
+    model_file = clone / "results" / "smoke" / "unlearn" / "none" / "seed0" / "forget10" / "npo" / "model" / "model.safetensors"
+    before = model_file.stat().st_mtime_ns
+    rebuilt = sh("snakemake", "--cores", "2", "--configfile", CONFIG, "--forcerun", "report", cwd=clone)
+    jobs = rebuilt.stdout + rebuilt.stderr
+    assert "rule report:" in jobs or "localrule report:" in jobs
+    for stage in ("pretrain", "finetune_target", "finetune_oracle", "unlearn", "evaluate_"):
+        assert f"rule {stage}" not in jobs
+    assert model_file.stat().st_mtime_ns == before
