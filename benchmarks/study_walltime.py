@@ -76,8 +76,8 @@ def main() -> None:
         "fq_target_vs_oracle": fq_target,
         "fq_oracle_seed1_vs_oracle": {reg: fq_oracle},
         "targets": {"wall_s": "<= 900", "fq_target_vs_oracle": "<= 1e-5", "fq_oracle_seed1_vs_oracle": ">= 0.05"},
-        "summary": summary[["model", "regularizer", "method", "forget_quality", "model_utility", "forget_prob",
-                            "retain_prob", "forget_rouge", "retain_rouge"]].to_dict(orient="records"),
+        "summary": json.loads(summary[["model", "regularizer", "method", "forget_quality", "model_utility", "forget_prob",
+                                       "retain_prob", "forget_rouge", "retain_rouge"]].to_json(orient="records")),
     }
     out = Path("benchmarks/results/study_walltime.json")
     out.parent.mkdir(parents=True, exist_ok=True)

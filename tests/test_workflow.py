@@ -32,7 +32,7 @@ def study(tmp_path_factory):
     """A git + DVC checkout of the workflow with the smoke study run in it."""
     work = tmp_path_factory.mktemp("e2e") / "work"
     work.mkdir()
-    for item in ("Snakefile", "workflow", "config", "src/forgetlab/config.schema.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+    for item in ("Snakefile", "workflow", "config", ".dvc/config", ".dvcignore", ".gitignore"):
         dest = work / item
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)

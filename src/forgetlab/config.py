@@ -17,9 +17,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from forgetlab.data.world import RETAIN_OF
+
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 RESERVED_MODELS = ("pretrained", "target", "oracle", "unlearned")
-RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
 class ConfigError(ValueError):

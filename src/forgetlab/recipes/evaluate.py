@@ -38,8 +38,10 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
         ev = params["evaluate"]
         samples = score_model(model, tokenizer, eval_splits(params, data_dir), ev["batch_size"], ev["max_new_tokens"])
-        # the oracle is its own reference: its forget_quality is 1 by definition
-        oracle_samples = samples if params["model"] == "oracle" else pd.read_parquet(oracle / "samples.parquet") if oracle else None
+        if params["model"] == "oracle":
+            oracle_samples = samples  # the oracle is its own reference: forget_quality 1 by definition
+        else:
+            oracle_samples = pd.read_parquet(oracle / "samples.parquet") if oracle else None
         metrics = compute_metrics(ev["metrics"], samples, oracle_samples)
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}

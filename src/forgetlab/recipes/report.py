@@ -39,7 +39,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     """Forget quality (log) against model utility: a panel per regularizer, a marker per method."""
     table = table[table["regularizer"].notna() & table["forget_quality"].notna()]
     regs = sorted(table["regularizer"].unique())
-    fig, axes = plt.subplots(1, max(1, len(regs)), figsize=(4.5 * max(1, len(regs)), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(regs)), figsize=(4.5 * max(1, len(regs)), 4), sharex=True, sharey=True, squeeze=False)
     markers = {"target": ("X", "black"), "oracle": ("*", "gold")}
     others = iter(["o", "s", "^", "v", "D", "P", "<", ">", "h", "p"] * 5)
     method_marker = {m: next(others) for m in sorted(table["method"].dropna().unique())}
