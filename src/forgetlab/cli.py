@@ -22,6 +22,12 @@ ConfigOpt = typer.Option(None, "--config", help="a study config YAML, resolved f
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (overrides the config's threads)")
 
 
+def fail(message: str) -> None:
+    """Print a plain one-line error (never wrapped, so paths stay whole) and exit with status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
 def resolve(stage: str, params: Optional[str], config: Optional[Path], threads: Optional[int], **coords) -> dict:
     if params:
         resolved = json.loads(params)
@@ -29,9 +35,9 @@ def resolve(stage: str, params: Optional[str], config: Optional[Path], threads: 
         try:
             resolved = stage_params(load_config(config), stage, **{k: v for k, v in coords.items() if v is not None})
         except ConfigError as e:
-            raise typer.BadParameter(str(e), param_hint="--config") from e
+            fail(str(e))
     else:
-        raise typer.BadParameter("give --params (JSON) or --config (a study YAML)")
+        fail("give --params (JSON) or --config (a study YAML)")
     if threads:
         resolved["threads"] = threads
     return resolved
@@ -114,11 +120,11 @@ def pull(study: str = typer.Argument(..., help="the study name (results/<study>,
     from forgetlab.registry import NAME_RE
 
     if not NAME_RE.match(study):
-        raise typer.BadParameter(f"study name {study!r} must match [a-z0-9_-]+")
+        fail(f"study name {study!r} must match [a-z0-9_-]+")
     targets = [f"data/{study}.dvc", f"results/{study}.dvc"]
     missing = [t for t in targets if not Path(t).exists()]
     if missing:
-        raise typer.BadParameter(f"{', '.join(missing)} not found: was the study pushed and committed?")
+        fail(f"{', '.join(missing)} not found: was the study pushed and committed?")
     subprocess.run(["dvc", "pull", *(["-r", remote] if remote else []), *targets], check=True)
     # checked-out files get checkout-order mtimes; touch them in DAG order so nothing looks stale
     subprocess.run(["snakemake", "--cores", "1", "--touch", "--configfile", str(configfile)], check=True)
@@ -130,8 +136,7 @@ def check_config(config: Path):
     try:
         load_config(config)
     except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        fail(str(e))
     typer.echo(f"{config}: ok")
 
 
