@@ -37,3 +37,4 @@ mlflow-ui: install
 
 benchmark: install
 	$(BIN)/python benchmarks/study_walltime.py
+	$(BIN)/python benchmarks/train_loop_vs_trainer.py

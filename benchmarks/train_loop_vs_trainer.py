@@ -42,7 +42,7 @@ def ours(model, examples, pad_id, cfg: TrainConfig, steps: int) -> float:
 def hf_trainer(model, examples, pad_id, cfg: TrainConfig, steps: int, workdir: str) -> float:
     args = TrainingArguments(
         output_dir=workdir, per_device_train_batch_size=cfg.batch_size, max_steps=steps, learning_rate=cfg.lr,
-        lr_scheduler_type="cosine", warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type="cosine", warmup_steps=int(round(cfg.warmup_ratio * steps)), max_grad_norm=cfg.max_grad_norm,
         weight_decay=cfg.weight_decay, adam_beta2=0.95, save_strategy="no", report_to=[], logging_strategy="no",
         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
     )
