@@ -25,17 +25,17 @@ import yaml
 from transformers import Trainer, TrainingArguments
 
 from forgetlab.data import prepare_data
+from forgetlab.losses import lm_loss
 from forgetlab.model import load_tokenizer, new_llama
 from forgetlab.qa import collate, encode_qa
 from forgetlab.recipes import read_jsonl
-from forgetlab.recipes.pretrain import lm_loss
 from forgetlab.train import Loader, TrainConfig, train
 
 
 def ours(model, examples, pad_id, cfg: TrainConfig, steps: int) -> float:
     loader = Loader(examples, cfg.batch_size, pad_id, seed=0)
     start = time.perf_counter()
-    train(model, partial(lm_loss), iter(loader), steps, cfg, desc="forgetlab loop")
+    train(model, lm_loss, iter(loader), steps, cfg, desc="forgetlab loop")
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 

@@ -29,7 +29,7 @@ def test_residual_dropout_zeroes_and_rescales_the_branch(tiny_model_dir):
     model.eval()
     clean = model.model.layers[0].mlp(model.model.embed_tokens(ids))  # reference branch output, no hooks
     (reg,) = build_regularizers([{"name": "dropout", "attention": 0.0, "residual": p}])
-    reg.setup(model)
+    reg.setup(model, None)
     model.train()
     # feed the same input to the hooked MLP directly so only the dropout differs
     out = model.model.layers[0].mlp(model.model.embed_tokens(ids))
@@ -46,7 +46,7 @@ def test_residual_dropout_zeroes_and_rescales_the_branch(tiny_model_dir):
 def test_attention_dropout_is_set_and_undone(tiny_model_dir):
     model = load_model(tiny_model_dir)
     (reg,) = build_regularizers([{"name": "dropout", "attention": 0.2, "residual": 0.0}])
-    reg.setup(model)
+    reg.setup(model, None)
     assert all(layer.self_attn.attention_dropout == 0.2 for layer in model.model.layers)
     reg.finalize(model)
     assert all(layer.self_attn.attention_dropout == 0.0 for layer in model.model.layers)
@@ -62,5 +62,5 @@ def test_none_leaves_the_model_unchanged(tiny_model_dir):
     ids = torch.randint(4, 200, (2, 16), generator=torch.Generator().manual_seed(1))
     before = model(input_ids=ids).logits
     (reg,) = build_regularizers([{"name": "none"}])
-    reg.setup(model)
+    reg.setup(model, None)
     assert torch.equal(model(input_ids=ids).logits, before)

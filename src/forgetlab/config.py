@@ -63,8 +63,8 @@ def _check_params(key: str, cls: type, params: dict) -> None:
 
 def check_config(config: dict) -> None:
     from forgetlab.metrics import METRICS
-    from forgetlab.regularizers import REGULARIZERS
-    from forgetlab.unlearning import METHODS
+    from forgetlab.regularizers import REGULARIZERS, build_regularizers
+    from forgetlab.unlearning import METHODS, build_method
 
     for entry, components in config["regularizers"].items():
         for i, spec in enumerate(components):
@@ -72,6 +72,7 @@ def check_config(config: dict) -> None:
             if spec["name"] not in REGULARIZERS:
                 raise ConfigError(f"config key {key}.name: unknown regularizer {spec['name']!r}; known: {REGULARIZERS.names()}")
             _check_params(key, REGULARIZERS.get(spec["name"]), _params(spec))
+        _check_build(f"regularizers.{entry}", build_regularizers, components)
     for entry, spec in config["methods"].items():
         key = f"methods.{entry}"
         if entry in RESERVED_MODELS:
@@ -79,6 +80,7 @@ def check_config(config: dict) -> None:
         if spec["name"] not in METHODS:
             raise ConfigError(f"config key {key}.name: unknown unlearning method {spec['name']!r}; known: {METHODS.names()}")
         _check_params(key, METHODS.get(spec["name"]), _params(spec))
+        _check_build(key, build_method, spec)
     for i, name in enumerate(config["evaluate"]["metrics"]):
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics[{i}]: unknown metric {name!r}; known: {METRICS.names()}")
@@ -87,13 +89,16 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
 
 
+def _check_build(key: str, build, spec) -> None:
+    """Build the components once, so that range and combination checks run before any job."""
+    try:
+        build(spec)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config key {key}: {e}") from e
+
+
 def _params(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k != "name"}
-
-
-def build(registry, spec: dict) -> Any:
-    """Instantiate a registered component from its config entry ({name: ..., **params})."""
-    return registry.get(spec["name"])(**_params(spec))
 
 
 def stage_threads(config: dict, stage: str) -> int:

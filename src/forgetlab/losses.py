@@ -41,3 +41,25 @@ def kl_to_reference(model, reference, batch: dict) -> torch.Tensor:
     mask = batch["labels"][:, 1:] != IGNORE
     kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1), log_target=True, reduction="none").sum(-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def lm_loss(model, batch: dict, regularizers=()) -> tuple[torch.Tensor, dict]:
+    """The fine-tuning (and pretraining) loss: next-token cross-entropy on the supervised tokens,
+    replaced by at most one regularizer's `compute_loss`, plus every regularizer's `extra_loss`."""
+    hidden = any(r.needs_hidden_states for r in regularizers)
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden)
+    loss = None
+    for reg in regularizers:
+        replaced = reg.compute_loss(batch, outputs, model)
+        loss = replaced if replaced is not None else loss
+    parts = {}
+    if loss is None:
+        loss = token_nll(outputs.logits, batch["labels"])
+    else:
+        parts["ce"] = token_nll(outputs.logits.detach(), batch["labels"]).item()
+    for reg in regularizers:
+        extra = reg.extra_loss(batch, outputs, model)
+        if extra is not None:
+            parts[reg.name] = extra.item()
+            loss = loss + extra
+    return loss, parts

@@ -46,6 +46,14 @@ class TrainConfig:
     max_length: int = 256
 
 
+@dataclass
+class TrainContext:
+    """What a regularizer's setup may need to know about the run."""
+
+    total_steps: int
+    probe: dict | None = None  # a fixed batch of training examples, e.g. to probe activations
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -109,9 +117,11 @@ def train(
     regularizers: Sequence = (),
     log: Callable[[int, dict], None] | None = None,
     desc: str = "train",
+    probe: dict | None = None,
 ) -> torch.nn.Module:
+    ctx = TrainContext(total_steps=steps, probe=probe)
     for reg in regularizers:
-        model = reg.setup(model)
+        model = reg.setup(model, ctx)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
@@ -139,7 +149,7 @@ def train(
         optimizer.step()
         scheduler.step()
         for reg in regularizers:
-            reg.after_step(model, step)
+            reg.after_step(model, step, optimizer)
         if log is not None:
             log(step, {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **extras})
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
-from forgetlab.qa import encode_qa
+from forgetlab.qa import collate, encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
-from forgetlab.recipes.pretrain import lm_loss
 from forgetlab.regularizers import build_regularizers
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
@@ -31,8 +31,11 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
         regularizers = build_regularizers(params["regularizers"])
         steps = num_steps(cfg, len(loader))
+        probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
-                      regularizers=regularizers, log=mlrun.log_step, desc=f"finetune {params['role']}")
+                      regularizers=regularizers, log=mlrun.log_step, desc=f"finetune {params['role']}", probe=probe)
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
+        for reg in regularizers:
+            mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})
         save_model(model, tokenizer, tmp)
         write_json(tmp / "forgetlab_stage.json", params)

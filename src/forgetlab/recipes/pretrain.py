@@ -6,24 +6,14 @@ its tokenizer) is loaded and re-saved as this stage's output, so later stages ar
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
-from forgetlab.losses import forward, token_nll
+from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, check_checkpoint, device, load_model, load_tokenizer, new_llama, save_model
 from forgetlab.qa import encode_text
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
-
-
-def lm_loss(model, batch, regularizers=()):
-    """Next-token cross-entropy on the supervised tokens, then each regularizer's adjustment."""
-    outputs = forward(model, batch)
-    loss = token_nll(outputs.logits, batch["labels"])
-    for reg in regularizers:
-        loss = reg.adjust_loss(loss, batch, outputs, model)
-    return loss, {}
 
 
 def run(params: dict, data_dir: Path, out: Path) -> None:
@@ -42,7 +32,7 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
             corpus = [encode_text(tokenizer, row["text"], cfg.max_length) for row in read_jsonl(data_dir / "corpus.jsonl")]
             loader = Loader(corpus, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
             steps = num_steps(cfg, len(loader))
-            model = train(model, partial(lm_loss), iter(loader), steps, cfg, log=mlrun.log_step, desc="pretrain")
+            model = train(model, lm_loss, iter(loader), steps, cfg, log=mlrun.log_step, desc="pretrain")
             mlrun.log_metrics({"pretrain_steps": steps, "n_parameters": sum(p.numel() for p in model.parameters())})
         save_model(model, tokenizer, tmp)
         write_json(tmp / "forgetlab_stage.json", params)

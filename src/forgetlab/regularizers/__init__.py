@@ -1,12 +1,27 @@
 """Fine-tuning regularizers: the study's independent variable.
 
-A regularizer is a dataclass registered by name. Its fields are its config parameters. A study
-entry is a list of them, applied together (e.g. dropout + z_loss). Each may override any of the
-hooks below; the training loop (forgetlab.train) calls them and is the same for all.
+A regularizer is a dataclass registered by name; its fields are its config parameters, checked
+(with `__post_init__` for ranges, and `check` for combinations) before any job runs. A study
+entry is a list of them, applied together (e.g. dropout + z_loss); target and oracle always use
+the same entry. Each may override any of the hooks below; the training loop (forgetlab.train)
+and the loss (forgetlab.losses.lm_loss) call them, and are the same for all regularizers.
 Adding one is one new file in this package plus a config entry.
+
+Hooks, in the order the loop calls them:
+    setup(model, ctx) -> model             wrap or modify the model before training; ctx is a
+                                           forgetlab.train.TrainContext (total_steps, probe batch)
+    param_groups(model, groups) -> groups  change the optimizer's parameter groups
+    compute_loss(batch, outputs, model)    replace the cross-entropy (at most one per entry;
+                                           set replaces_loss = True)
+    extra_loss(batch, outputs, model)      a term added to the loss (logged under the name)
+    after_step(model, step, optimizer)     act after optimizer.step() and the lr update
+    finalize(model) -> model               undo training-only changes / transform the final weights
+    summary() -> dict                      numbers to log to MLflow once training ends
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from forgetlab.registry import Registry, import_all
 
@@ -14,30 +29,54 @@ REGULARIZERS = Registry("regularizer")
 
 
 class Regularizer:
-    """Hooks, all no-ops by default."""
+    name: ClassVar[str] = ""
+    needs_hidden_states: ClassVar[bool] = False  # forward with output_hidden_states=True
+    replaces_loss: ClassVar[bool] = False
 
-    def setup(self, model):
-        """Wrap or modify the model before training; return it."""
+    def setup(self, model, ctx):
         return model
 
     def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        """Change the optimizer's parameter groups (e.g. weight decay)."""
         return groups
 
-    def adjust_loss(self, loss, batch: dict, outputs, model):
-        """Add a term to, or replace, the loss from the batch and the model outputs."""
-        return loss
+    def compute_loss(self, batch: dict, outputs, model):
+        return None
 
-    def after_step(self, model, step: int) -> None:
-        """Act after optimizer.step()."""
+    def extra_loss(self, batch: dict, outputs, model):
+        return None
+
+    def after_step(self, model, step: int, optimizer) -> None:
+        pass
 
     def finalize(self, model):
-        """Undo training-only changes or transform the final weights; return the model to save."""
         return model
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def check(self, others: list["Regularizer"]) -> None:
+        """Raise ValueError if this regularizer cannot be combined with the others of its entry."""
 
 
 def build_regularizers(specs: list[dict]) -> list[Regularizer]:
-    return [REGULARIZERS.get(s["name"])(**{k: v for k, v in s.items() if k != "name"}) for s in specs]
+    """Instantiate an entry's regularizers and check that they combine."""
+    regs = []
+    for spec in specs:
+        cls = REGULARIZERS.get(spec["name"])
+        reg = cls(**{k: v for k, v in spec.items() if k != "name"})
+        reg.name = spec["name"]
+        regs.append(reg)
+    replacing = [r.name for r in regs if r.replaces_loss]
+    if len(replacing) > 1:
+        raise ValueError(f"{' and '.join(replacing)} both replace the loss and cannot be combined")
+    for reg in regs:
+        reg.check([o for o in regs if o is not reg])
+    return regs
+
+
+def base_model(model):
+    """The underlying transformers model, also when wrapped by peft."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 import_all(__name__, __path__)

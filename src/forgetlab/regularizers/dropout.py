@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 
-from forgetlab.regularizers import REGULARIZERS, Regularizer
+from forgetlab.regularizers import REGULARIZERS, Regularizer, base_model
 
 
 def _dropout_output(p: float):
@@ -40,8 +40,8 @@ class Dropout(Regularizer):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"dropout.{name} must be in [0, 1), got {getattr(self, name)}")
 
-    def setup(self, model):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    def setup(self, model, ctx=None):
+        base = base_model(model)
         for layer in base.model.layers:
             layer.self_attn.attention_dropout = self.attention
             if self.residual > 0:
@@ -52,7 +52,7 @@ class Dropout(Regularizer):
         return model
 
     def finalize(self, model):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         for layer in base.model.layers:
             layer.self_attn.attention_dropout = 0.0
         for h in self._handles:
