@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from forgetlab.recipes.report import ID_COLUMNS as REPORT_IDS
 from tests.conftest import REPO, cli_env, smoke_config
 
 CONFIG = "config/smoke.yaml"
@@ -98,8 +99,12 @@ def test_mlflow_runs_match_the_summary(study):
         assert run.data.metrics, t
         for name, value in run.data.metrics.items():
             assert value == pytest.approx(row[name], rel=1e-9), (t, name)
-        nan_metrics = [c for c in table.columns[len(ID_COLUMNS) + 1:] if isinstance(row[c], float) and math.isnan(row[c])]
+        nan_metrics = [c for c in table.columns if c not in REPORT_IDS and math.isnan(row[c])]
         assert not set(nan_metrics) & set(run.data.metrics)
+        if t.get("regularizer"):  # the regularizer's name and params, in MLflow and in the summary
+            spec = smoke_config()["regularizers"][t["regularizer"]]
+            assert json.loads(run.data.params["regularizers"]) == spec
+            assert json.loads(row["regularizer_params"]) == spec
 
     for run in (r for r in runs if r.data.tags["stage"] in ("pretrain", "finetune", "unlearn")):
         steps = int(run.data.metrics.get("train_steps") or run.data.metrics.get("unlearn_steps") or run.data.metrics["pretrain_steps"])

@@ -66,12 +66,26 @@ def finetune(pretrained: Path = typer.Option(...), data: Path = typer.Option(...
              regularizer: Optional[str] = None, seed: Optional[int] = None,
              role: str = typer.Option("target", help="target (retain+forget) or oracle (retain only)"),
              split: Optional[str] = typer.Option(None, help="the forget split (oracle only)"),
+             ingredient: Optional[int] = typer.Option(None, help="model_soup ingredient index"),
              params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
     """Fine-tune a target or a retain-only oracle with one regularizer entry."""
     from forgetlab.recipes import finetune as recipe
 
-    p = resolve("finetune", params, config, threads, model=role, role=role, regularizer=regularizer, seed=seed, split=split)
+    p = resolve("finetune", params, config, threads, model=role, role=role, regularizer=regularizer, seed=seed,
+                split=split, ingredient=ingredient)
     recipe.run(p, pretrained, data, out)
+
+
+@app.command()
+def soup(ingredients: list[Path] = typer.Argument(..., help="fine-tuned model directories to average"),
+         out: Path = typer.Option(...), regularizer: Optional[str] = None, seed: Optional[int] = None,
+         role: str = typer.Option("target"), split: Optional[str] = None,
+         params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt):
+    """Average model_soup ingredients into one model (the soup's fan-in)."""
+    from forgetlab.recipes import soup as recipe
+
+    p = resolve("finetune", params, config, None, model=role, role=role, regularizer=regularizer, seed=seed, split=split)
+    recipe.run({**p, "soup": True}, ingredients, out)
 
 
 @app.command()

@@ -125,8 +125,13 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         return {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
                 "retain_split": RETAIN_OF[coords["split"]]}
     if stage == "evaluate":
-        split = coords["split"]
-        return {**base, "evaluate": config["evaluate"], "retain_split": RETAIN_OF[split], "seed_data": config["data"]["seed"]}
+        params = {**base, "evaluate": config["evaluate"], "retain_split": RETAIN_OF[coords["split"]],
+                  "seed_data": config["data"]["seed"]}
+        if coords.get("regularizer"):
+            params["regularizers"] = config["regularizers"][coords["regularizer"]]
+        if coords.get("method"):
+            params["method_spec"] = config["methods"][coords["method"]]
+        return params
     if stage == "report":
         return {**base, "metrics": config["evaluate"]["metrics"]}
     raise ConfigError(f"unknown stage {stage!r}")

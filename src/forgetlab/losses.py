@@ -13,13 +13,12 @@ def forward(model, batch: dict):
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean next-token cross-entropy over supervised (label != -100) positions."""
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-        labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE,
-        label_smoothing=label_smoothing,
-    )
+    """Mean next-token cross-entropy over supervised (label != -100) positions.
+
+    Only the supervised positions go through the softmax (the prompt and padding never do)."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], label_smoothing=label_smoothing)
 
 
 def nll(model, batch: dict) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed")
+TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "soup")
 
 
 def tracking_uri() -> str:
@@ -105,7 +105,7 @@ def stage_run(params: dict, artifact_path: str | Path):
     tags.update(git_commit=git_commit(), host=socket.gethostname(), artifact_path=str(artifact_path))
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    name = "/".join(str(params[k]) for k in ("stage", "model", "regularizer", "seed", "split", "role", "method") if params.get(k) is not None)
+    name = "/".join(str(params[k]) for k in ("stage", "model", "regularizer", "seed", "split", "role", "ingredient", "method") if params.get(k) is not None)
     run = retry(client.create_run, exp, run_name=name, tags=tags)
     live = Run(client, run.info.run_id)
     try:

@@ -11,6 +11,9 @@ RES = f"results/{STUDY}"
 LOGS = f"{RES}/logs"
 
 REGULARIZERS = list(config["regularizers"])
+# entries with a model_soup are K ingredient fine-tunes plus a fan-in soup rule
+SOUP_K = {reg: c.get("k", 3) for reg, comps in config["regularizers"].items() for c in comps if c["name"] == "model_soup"}
+PLAIN = [reg for reg in REGULARIZERS if reg not in SOUP_K]
 METHODS = list(config["methods"])
 SPLITS = config["splits"]
 SEEDS = config["seeds"]
@@ -21,12 +24,15 @@ wildcard_constraints:
     method="|".join(METHODS),
     split="|".join(SPLITS),
     seed=r"\d+",
+    i=r"\d+",
 
 
 # --- paths: results/<study>/<stage>/<regularizer>/seed<k>/<split>/<method>/ -------------------
 PRETRAINED = f"{RES}/pretrain/model"
 TARGET = f"{RES}/finetune/{{reg}}/seed{{seed}}/target/model"
 ORACLE = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle/model"
+TARGET_INGREDIENT = f"{RES}/finetune/{{reg}}/seed{{seed}}/target/ingredient{{i}}/model"
+ORACLE_INGREDIENT = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle/ingredient{{i}}/model"
 UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}/model"
 EVAL_PRETRAINED = f"{RES}/eval/pretrained/{{split}}"
 EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}"
@@ -41,10 +47,21 @@ def params_json(stage, **coords):
     return json.dumps(stage_params(config, stage, **coords), sort_keys=True)
 
 
+def one_of(names):
+    """A wildcard regex matching exactly these names (or nothing, if there are none)."""
+    return "|".join(names) if names else "(?!x)x"
+
+
+def ingredients(pattern):
+    """The K ingredient directories of a soup job."""
+    return lambda w: expand(pattern, i=range(SOUP_K[w.reg]), **dict(w.items()))
+
+
 def coords(w, **extra):
     """Grid coordinates of a job from its wildcards."""
     c = {"regularizer": w.get("reg"), "seed": int(w.seed) if "seed" in w.keys() else None,
-         "split": w.get("split"), "method": w.get("method")}
+         "split": w.get("split"), "method": w.get("method"),
+         "ingredient": int(w.i) if "i" in w.keys() else None}
     return {k: v for k, v in {**c, **extra}.items() if v is not None}
 
 

@@ -45,5 +45,6 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
         metrics = compute_metrics(ev["metrics"], samples, oracle_samples)
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
-        write_json(tmp / "metrics.json", {**labels, "model_path": str(model_dir), "metrics": metrics})
+        specs = {"regularizer_params": params.get("regularizers"), "method_params": params.get("method_spec")}
+        write_json(tmp / "metrics.json", {**labels, **specs, "model_path": str(model_dir), "metrics": metrics})
         mlrun.log_metrics({k: v for k, v in metrics.items() if v == v})

@@ -19,17 +19,27 @@ def training_file(params: dict) -> str:
     return "full" if params["role"] == "target" else params["retain_split"]
 
 
+def ingredient_settings(params: dict, regularizers: list) -> tuple[int, dict]:
+    """The seed and train settings of this job: a model_soup ingredient varies its seed or lr."""
+    seed, train_cfg = params["seed"], dict(params["train"])
+    if params.get("ingredient") is not None:
+        soup = next(r for r in regularizers if r.name == "model_soup")
+        seed, train_cfg["lr"] = soup.ingredient(params["ingredient"], seed, train_cfg["lr"])
+    return seed, train_cfg
+
+
 def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
     set_threads(params)
-    seed_everything(params["seed"])
+    regularizers = build_regularizers(params["regularizers"])
+    seed, train_cfg = ingredient_settings(params, regularizers)
+    seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(pretrained)
         model = load_model(pretrained)
-        cfg = TrainConfig(**params["train"])
+        cfg = TrainConfig(**train_cfg)
         rows = read_jsonl(data_dir / "qa" / f"{training_file(params)}.jsonl")
         examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
-        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
-        regularizers = build_regularizers(params["regularizers"])
+        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device())
         steps = num_steps(cfg, len(loader))
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,

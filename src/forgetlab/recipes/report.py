@@ -17,7 +17,8 @@ from forgetlab.model import atomic_dir  # noqa: E402
 from forgetlab.tracking import stage_run  # noqa: E402
 
 STAGE_OF = {"pretrained": "pretrain", "target": "finetune", "oracle": "finetune"}
-ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "model_path"]
+ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "model_path",
+              "regularizer_params", "method_params"]
 
 
 def summarize(metric_files: list[Path]) -> pd.DataFrame:
@@ -26,6 +27,8 @@ def summarize(metric_files: list[Path]) -> pd.DataFrame:
         record = json.loads(Path(path).read_text())
         metrics = record.pop("metrics")
         record["stage"] = STAGE_OF.get(record["model"], "unlearn")
+        for key in ("regularizer_params", "method_params"):  # the components' config, as JSON text
+            record[key] = json.dumps(record[key], sort_keys=True) if record.get(key) is not None else None
         rows.append({**{k: record.get(k) for k in ID_COLUMNS}, **metrics})
     table = pd.DataFrame(rows)
     table["seed"] = table["seed"].astype("Int64")

@@ -32,6 +32,9 @@ class Regularizer:
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = False  # forward with output_hidden_states=True
     replaces_loss: ClassVar[bool] = False
+    # hooks run in this order within an entry (stable otherwise): e.g. swa (-1) loads its average
+    # before sparsity (1) re-applies its masks and before lora (2) merges its adapters
+    order: ClassVar[int] = 0
 
     def setup(self, model, ctx):
         return model
@@ -66,6 +69,7 @@ def build_regularizers(specs: list[dict]) -> list[Regularizer]:
         reg = cls(**{k: v for k, v in spec.items() if k != "name"})
         reg.name = spec["name"]
         regs.append(reg)
+    regs.sort(key=lambda r: r.order)
     replacing = [r.name for r in regs if r.replaces_loss]
     if len(replacing) > 1:
         raise ValueError(f"{' and '.join(replacing)} both replace the loss and cannot be combined")
