@@ -10,7 +10,10 @@ from snakemake.utils import min_version, validate
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# the default study, unless --configfile names another (Snakemake would otherwise merge the two)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")

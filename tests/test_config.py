@@ -40,6 +40,12 @@ def mutated(edit):
         (lambda c: c["methods"].update(oracle={"name": "npo"}), "methods.oracle"),
         (lambda c: c["evaluate"].update(metrics=["forget_quality", "accuracy"]), "evaluate.metrics[1]"),
         (lambda c: c["model"].update(init_from="/nonexistent/ckpt"), "model.init_from"),
+        (lambda c: c["regularizers"].update(hot=[{"name": "dropout", "residual": 1.0}]), "regularizers.hot: dropout.residual"),
+        (lambda c: c["regularizers"].update(lo=[{"name": "lora", "rank": 0}]), "regularizers.lo: lora.rank"),
+        (lambda c: c["regularizers"].update(sp=[{"name": "sparsity", "target": 1.0}]), "regularizers.sp: sparsity.target"),
+        (lambda c: c["regularizers"].update(both=[{"name": "lora"}, {"name": "sparsity"}]), "regularizers.both: lora and sparsity"),
+        (lambda c: c["regularizers"].update(two=[{"name": "label_smoothing"}, {"name": "multi_sample_dropout"}]),
+         "regularizers.two: label_smoothing and multi_sample_dropout both replace the loss"),
     ],
 )
 def test_bad_config_names_the_key(edit, key):
@@ -48,9 +54,17 @@ def test_bad_config_names_the_key(edit, key):
     assert key in str(err.value)
 
 
-def test_smoke_and_default_configs_are_valid():
-    check(smoke_config())
-    check(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "catalogue.yaml"])
+def test_shipped_configs_are_valid(name):
+    check(yaml.safe_load((REPO / "config" / name).read_text()))
+
+
+def test_catalogue_names_every_registered_regularizer():
+    from forgetlab.regularizers import REGULARIZERS
+
+    catalogue = yaml.safe_load((REPO / "config" / "catalogue.yaml").read_text())
+    used = {c["name"] for comps in catalogue["regularizers"].values() for c in comps}
+    assert used == set(REGULARIZERS.names())
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):

@@ -84,8 +84,16 @@ def test_mlflow_runs_match_the_summary(study):
     stages = pd.Series([r.data.tags["stage"] for r in runs]).value_counts().to_dict()
     config = smoke_config()
     n_grid = len(config["regularizers"]) * len(config["seeds"])
-    assert stages == {"prepare_data": 1, "pretrain": 1, "finetune": 2 * n_grid, "unlearn": n_grid * len(config["methods"]),
+    # a target and an oracle per entry; a model_soup entry makes k ingredients of each plus 2 soups
+    soup_k = [c["k"] for comps in config["regularizers"].values() for c in comps if c["name"] == "model_soup"]
+    n_finetune = (2 * (len(config["regularizers"]) - len(soup_k)) + sum(2 * k + 2 for k in soup_k)) * len(config["seeds"])
+    assert soup_k, "the smoke study exercises the model_soup fan-in"
+    assert stages == {"prepare_data": 1, "pretrain": 1, "finetune": n_finetune, "unlearn": n_grid * len(config["methods"]),
                       "evaluate": n_models(config), "report": 1}
+    soups = [r for r in runs if r.data.tags.get("soup") == "True"]
+    assert len(soups) == 2 * len(soup_k) and all(r.data.metrics["soup_ingredients"] == soup_k[0] for r in soups)
+    ingredients = [r for r in runs if "ingredient" in r.data.tags]
+    assert sorted(int(r.data.tags["ingredient"]) for r in ingredients) == sorted(list(range(soup_k[0])) * 2)
 
     table = pd.read_parquet(work / "results" / "smoke" / "summary.parquet")
     evals = [r for r in runs if r.data.tags["stage"] == "evaluate"]
@@ -106,7 +114,7 @@ def test_mlflow_runs_match_the_summary(study):
             assert json.loads(run.data.params["regularizers"]) == spec
             assert json.loads(row["regularizer_params"]) == spec
 
-    for run in (r for r in runs if r.data.tags["stage"] in ("pretrain", "finetune", "unlearn")):
+    for run in (r for r in runs if r.data.tags["stage"] in ("pretrain", "finetune", "unlearn") and "soup" not in r.data.tags):
         steps = int(run.data.metrics.get("train_steps") or run.data.metrics.get("unlearn_steps") or run.data.metrics["pretrain_steps"])
         history = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in history] == list(range(steps))
