@@ -49,14 +49,14 @@ def test_each_lora_parameter_gets_scheduled_lr_over_its_norm(tiny_model_dir, smo
         before = [rule(g["params"][0], eps, max_factor) for g in optimizer.param_groups]
         optimizer.zero_grad()
         model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
+        reg.before_step(model, step, optimizer)
         used = [g["lr"] for g in optimizer.param_groups]
         assert used == pytest.approx([lr * schedule(step) * f for f in before], rel=1e-6)
+        assert [g["allora_scheduled_lr"] for g in optimizer.param_groups] == pytest.approx([lr * schedule(step)] * 8)
+        optimizer.step()
         scheduler.step()
-        reg.after_step(model, step, optimizer)
-        for g in optimizer.param_groups:
-            assert g["lr"] == pytest.approx(lr * schedule(step + 1) * rule(g["params"][0], eps, max_factor), rel=1e-6)
-            assert g["allora_scheduled_lr"] == pytest.approx(lr * schedule(step + 1), rel=1e-12)
+        # the scheduler resets every lr to base_lr * lambda: no factor survives into the next step
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr * schedule(step + 1)] * 8, rel=1e-12)
     # B started at 0 (factor capped at max_factor) and left it; A's factor follows its norm
     factors = {n: g["allora_factor"] for g in optimizer.param_groups
                for n, p in model.named_parameters() if p is g["params"][0]}
@@ -66,21 +66,22 @@ def test_each_lora_parameter_gets_scheduled_lr_over_its_norm(tiny_model_dir, smo
 
 
 def test_factor_follows_the_real_loop_without_compounding(tiny_model_dir, smoke_data):
-    """Three steps of forgetlab.train.train: after each after_step every group's lr is
-    lr * lambda(step + 1) * rule(current norm), not a product of past factors."""
+    """Three steps of forgetlab.train.train: at each optimizer step every LoRA group's lr is
+    lr * lambda(step) * rule(current norm), not a product of past factors."""
     eps, max_factor, lr, steps = 1e-3, 10.0, 5e-3, 3
     seen = []
     lam = lr_lambda(steps, 0.0, 0.1)
 
     def spy(reg):
-        original = reg.after_step
+        original = reg.before_step
 
-        def after_step(model, step, optimizer):
+        def before_step(model, step, optimizer):
+            factors = [rule(g["params"][0], eps, max_factor) for g in optimizer.param_groups if "allora_factor" in g]
             original(model, step, optimizer)
-            seen.append([(step, g["lr"], rule(g["params"][0], eps, max_factor))
-                         for g in optimizer.param_groups if "allora_factor" in g])
+            lrs = [g["lr"] for g in optimizer.param_groups if "allora_factor" in g]
+            seen.append([(step, group_lr, f) for group_lr, f in zip(lrs, factors)])
 
-        reg.after_step = after_step
+        reg.before_step = before_step
 
     _, _, (reg,) = finetune(tiny_model_dir, smoke_data,
                             [{"name": "allora", "rank": 4, "eps": eps, "max_factor": max_factor}],
@@ -89,7 +90,7 @@ def test_factor_follows_the_real_loop_without_compounding(tiny_model_dir, smoke_
     for rows in seen:
         assert len(rows) == 8
         for step, group_lr, factor in rows:
-            assert group_lr == pytest.approx(lr * lam(step + 1) * factor, rel=1e-6)
+            assert group_lr == pytest.approx(lr * lam(step) * factor, rel=1e-6)
     stats = reg.summary()
     assert 0 < stats["lr_factor_min"] <= stats["lr_factor_mean"] <= stats["lr_factor_max"] <= max_factor
 
@@ -110,19 +111,6 @@ def test_merged_model_is_w0_plus_ba_and_saved_plain(tiny_model_dir, smoke_data, 
     assert not any("lora" in k for k in load_file(tmp_path / "ft" / "model.safetensors"))
     loaded = load_model(tmp_path / "ft", torch.device("cpu"))
     assert torch.equal(loaded.get_submodule(MATRIX).weight, model.get_submodule(MATRIX).weight)
-
-
-def test_other_optimizers_are_untouched(tiny_model_dir):
-    """The step-0 pre-hook only acts on this regularizer's own groups."""
-    (reg,) = build_regularizers([{"name": "allora", "rank": 2}])
-    model = reg.setup(load_model(tiny_model_dir, torch.device("cpu")), None)
-    reg.param_groups(model, [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    other = torch.nn.Linear(2, 1)
-    opt = torch.optim.SGD(other.parameters(), lr=0.1)
-    other(torch.ones(1, 2)).sum().backward()
-    opt.step()
-    assert opt.param_groups[0]["lr"] == 0.1
-    reg.finalize(model)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@
             loss, extras = loss_fn(model, batch)      # stage-specific: LM loss + regularizers, or an unlearning loss
             stop if loss is NaN/inf
             (loss / grad_accum).backward()
-        clip gradients to max_grad_norm; AdamW step; warmup+cosine lr step
-        regularizer.after_step(...)
+        clip gradients to max_grad_norm; regularizer.before_step(...)
+        AdamW step; warmup+cosine lr step; regularizer.after_step(...)
         log loss, lr, grad_norm (and the loss_fn's extras) for this step
 
 Regularizers (forgetlab.regularizers) hook in at setup, in the loss, at the optimizer's parameter
@@ -146,6 +146,8 @@ def train(
                 extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
+        for reg in regularizers:
+            reg.before_step(model, step, optimizer)
         optimizer.step()
         scheduler.step()
         for reg in regularizers:

@@ -14,6 +14,7 @@ Hooks, in the order the loop calls them:
     compute_loss(batch, outputs, model)    replace the cross-entropy (at most one per entry;
                                            set replaces_loss = True)
     extra_loss(batch, outputs, model)      a term added to the loss (logged under the name)
+    before_step(model, step, optimizer)    act just before optimizer.step() (after clipping)
     after_step(model, step, optimizer)     act after optimizer.step() and the lr update
     finalize(model) -> model               undo training-only changes / transform the final weights
     summary() -> dict                      numbers to log to MLflow once training ends
@@ -47,6 +48,9 @@ class Regularizer:
 
     def extra_loss(self, batch: dict, outputs, model):
         return None
+
+    def before_step(self, model, step: int, optimizer) -> None:
+        pass
 
     def after_step(self, model, step: int, optimizer) -> None:
         pass

@@ -14,13 +14,11 @@ where lr_sched(t) = lr * lambda(t) is the loop's warmup+cosine lr for step t and
 parameter before step t's update. At theta_i = 0 (every B at step 0) f_i = min(max_factor, 1/eps),
 so max_factor bounds the first steps of B.
 
-Implementation: `param_groups` puts every LoRA parameter in its own group and stores f_i(0) in
-the group's `allora_factor` key, leaving the group's `lr` alone, so LambdaLR's base_lrs stay the
-plain lr. The factor is applied to a group's freshly scheduled lr only: for step 0 by a one-shot
-optimizer step pre-hook (the first hook that sees the optimizer, `after_step`, comes after step
-0), and for step t+1 by `after_step(t)`, which the loop calls after LambdaLR has overwritten
-every group's lr with base_lr * lambda(t+1); the factor therefore never compounds. Each group
-keeps `allora_scheduled_lr` (lr_sched) next to `lr` (= lr_sched * f_i) for inspection.
+Implementation: `param_groups` puts every LoRA parameter in its own group, leaving its `lr`
+alone, so LambdaLR's base_lrs stay the plain lr. `before_step` multiplies each of these groups'
+scheduled lr by f_i just before the optimizer step; the scheduler step that follows overwrites
+every lr with base_lr * lambda(t+1), so the factor never compounds. Each group keeps
+`allora_scheduled_lr` (lr_sched) and `allora_factor` (f_i) next to `lr` for inspection.
 Everything else (peft wrapping, merge at finalize, summary of the low-rank update, exclusions)
 is `lora`'s (forgetlab.regularizers.lora).
 """
@@ -30,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from forgetlab.regularizers import REGULARIZERS
 from forgetlab.regularizers.lora import LoraBase, check_lora_params, lora_parameters
@@ -53,8 +50,6 @@ class Allora(LoraBase):
             raise ValueError(f"allora.eps must be > 0, got {self.eps}")
         if not self.max_factor > 0:
             raise ValueError(f"allora.max_factor must be > 0, got {self.max_factor}")
-        self._lora_ids: set[int] = set()
-        self._hook = None
         self._factors: list[float] = []
 
     def lora_config(self):
@@ -72,56 +67,25 @@ class Allora(LoraBase):
         return min(self.max_factor, 1.0 / (param.detach().norm().item() + self.eps))
 
     def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        params = lora_parameters(model)
-        self._lora_ids = {id(p) for p in params}
+        """Each LoRA parameter in a group of its own (keeping its group's options), the rest as before."""
+        lora_ids = {id(p) for p in lora_parameters(model)}
         out, own = [], []
         for group in groups:
             options = {k: v for k, v in group.items() if k != "params"}
-            rest = [p for p in group["params"] if id(p) not in self._lora_ids]
+            rest = [p for p in group["params"] if id(p) not in lora_ids]
             if rest:
                 out.append({**options, "params": rest})
-            own += [{**options, "params": [p], FACTOR: self.factor(p)}
-                    for p in group["params"] if id(p) in self._lora_ids]
-        self._factors = [g[FACTOR] for g in own]
-        self._remove_hook()
-        self._hook = register_optimizer_step_pre_hook(self._first_step)
+            own += [{**options, "params": [p], FACTOR: 1.0} for p in group["params"] if id(p) in lora_ids]
         return out + own
 
-    def _mine(self, optimizer) -> list[dict]:
-        """This regularizer's groups (one LoRA parameter each, with a factor) of an optimizer."""
-        return [
-            g for g in optimizer.param_groups
-            if FACTOR in g and len(g["params"]) == 1 and id(g["params"][0]) in self._lora_ids
-        ]
-
-    def _first_step(self, optimizer, args, kwargs) -> None:
-        """Before step 0: multiply the scheduled lr by f_i(0), stored by param_groups; once."""
-        mine = self._mine(optimizer)
-        if not mine:
-            return  # another optimizer of the process
-        self._remove_hook()
+    @torch.no_grad()
+    def before_step(self, model, step: int, optimizer) -> None:
+        mine = [g for g in optimizer.param_groups if FACTOR in g]
         for g in mine:
-            g[SCHEDULED] = g["lr"]
-            g["lr"] = g[SCHEDULED] * g[FACTOR]
-
-    def _remove_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def after_step(self, model, step: int, optimizer) -> None:
-        self._remove_hook()  # step 0 is done
-        mine = self._mine(optimizer)
-        for g in mine:
-            g[SCHEDULED] = g["lr"]  # just set by the scheduler: base_lr * lambda(step + 1)
+            g[SCHEDULED] = g["lr"]  # set by the scheduler: base_lr * lambda(step)
             g[FACTOR] = self.factor(g["params"][0])
             g["lr"] = g[SCHEDULED] * g[FACTOR]
         self._factors = [g[FACTOR] for g in mine]
-
-    def finalize(self, model):
-        self._remove_hook()
-        self._lora_ids = set()
-        return super().finalize(model)
 
     def summary(self) -> dict[str, float]:
         out = super().summary()
