@@ -160,3 +160,10 @@ def test_dvc_round_trip_restores_the_finished_study(study, tmp_path):
     for stage in ("pretrain", "finetune_target", "finetune_oracle", "unlearn", "evaluate_"):
         assert f"rule {stage}" not in jobs
     assert model_file.stat().st_mtime_ns == before
+
+
+def test_html_report_has_the_summary_and_the_plot(study, tmp_path):
+    report = tmp_path / "report.html"
+    sh("snakemake", "--report", report, "--configfile", CONFIG, cwd=study["work"])
+    html = report.read_text(errors="replace")
+    assert "summary.csv" in html and "forget_quality_vs_utility.png" in html

@@ -2,8 +2,8 @@ rule report:
     input:
         all_metric_files(),
     output:
-        summary=report(f"{RES}/summary.parquet", caption="../report/summary.rst", category="Summary"),
-        csv=f"{RES}/summary.csv",
+        summary=f"{RES}/summary.parquet",
+        csv=report(f"{RES}/summary.csv", caption="../report/summary.rst", category="Summary"),
         plot=report(f"{RES}/forget_quality_vs_utility.png", caption="../report/pareto.rst", category="Figures"),
     params:
         stage=params_json("report"),
