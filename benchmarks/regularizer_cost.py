@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from forgetlab.data import prepare_data
+from _world import finetune_examples
 from forgetlab.losses import lm_loss
-from forgetlab.model import load_tokenizer, new_llama
-from forgetlab.qa import collate, encode_qa
-from forgetlab.recipes import read_jsonl
+from forgetlab.model import new_llama
+from forgetlab.qa import collate
 from forgetlab.regularizers import REGULARIZERS, build_regularizers
 from forgetlab.train import Loader, TrainConfig, train
 
@@ -60,10 +59,7 @@ def main() -> None:
     configured = {comps[0]["name"]: comps for comps in config["regularizers"].values() if len(comps) == 1}
     entries = {name: configured.get(name, [{"name": name}]) for name in REGULARIZERS.names()}
     with tempfile.TemporaryDirectory() as tmp:
-        prepare_data(config["data"], Path(tmp) / "data")
-        tok = load_tokenizer(Path(tmp) / "data" / "tokenizer")
-        rows = read_jsonl(Path(tmp) / "data" / "qa" / "full.jsonl")
-        examples = [encode_qa(tok, r["question"], r["answer"], cfg.max_length) for r in rows]
+        tok, examples = finetune_examples(config, tmp, cfg.max_length)
         times = {name: [] for name in entries}
         order = list(entries)
         for r in range(args.repeats):

@@ -24,11 +24,10 @@ import torch
 import yaml
 from transformers import Trainer, TrainingArguments
 
-from forgetlab.data import prepare_data
+from _world import finetune_examples
 from forgetlab.losses import lm_loss
-from forgetlab.model import load_tokenizer, new_llama
-from forgetlab.qa import collate, encode_qa
-from forgetlab.recipes import read_jsonl
+from forgetlab.model import new_llama
+from forgetlab.qa import collate
 from forgetlab.train import Loader, TrainConfig, train
 
 
@@ -62,10 +61,7 @@ def main() -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     cfg = TrainConfig(**config["finetune"])
     with tempfile.TemporaryDirectory() as tmp:
-        prepare_data(config["data"], Path(tmp) / "data")
-        tok = load_tokenizer(Path(tmp) / "data" / "tokenizer")
-        rows = read_jsonl(Path(tmp) / "data" / "qa" / "full.jsonl")
-        examples = [encode_qa(tok, r["question"], r["answer"], cfg.max_length) for r in rows]
+        tok, examples = finetune_examples(config, tmp, cfg.max_length)
         speeds = {"forgetlab": [], "hf_trainer": []}
         for _ in range(args.repeats):
             torch.manual_seed(0)

@@ -32,6 +32,13 @@ def sequence_logprob(model, batch: dict) -> torch.Tensor:
     return logp.sum(-1)
 
 
+def weighted_answer_logprob(model, batch: dict, weight_fn) -> torch.Tensor:
+    """Token-weighted ascent objective: E_batch[(1/|y|) sum_t w_t log p(y_t)], w = weight_fn(p) detached."""
+    logp, mask = token_logprobs(forward(model, batch).logits, batch["labels"])
+    weight = weight_fn(logp.detach().exp()) * mask
+    return ((weight * logp).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
 def kl_to_reference(model, reference, batch: dict) -> torch.Tensor:
     """Mean over supervised positions of KL(p_reference || p_model) of the next-token distributions."""
     logits = forward(model, batch).logits[:, :-1].float()

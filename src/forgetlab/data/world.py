@@ -31,12 +31,13 @@ from pathlib import Path
 from forgetlab.data.vocab import (
     ATTRIBUTES, AUTHOR_ATTRIBUTES, CODAS, FIRST_NAMES, ONSETS, PERSON_ATTRIBUTES, VOWELS, name_clashes,
 )
+from forgetlab.qa import PROMPT
 
 N_PERTURBED = 3
 FORGET_SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 QA_SPLITS = ("full", *FORGET_SPLITS, *RETAIN_OF.values(), "holdout", "world_facts")
-QA_PROMPT = "Question: {question}\nAnswer: {answer}"  # same layout as forgetlab.qa.PROMPT
+QA_PROMPT = PROMPT + " {answer}"  # the tokenizer sees QA exactly as training and evaluation format it
 
 
 @dataclass

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetlab.losses import forward, nll
-from forgetlab.qa import token_logprobs
+from forgetlab.losses import nll, weighted_answer_logprob
 from forgetlab.unlearning import METHODS, Method
 
 
@@ -33,9 +32,6 @@ class SatImp(Method):
                 raise ValueError(f"satimp.{name} must be >= 0, got {getattr(self, name)}")
 
     def loss(self, model, batch):
-        logp, mask = token_logprobs(forward(model, batch["forget"]).logits, batch["forget"]["labels"])
-        p = logp.detach().exp()
-        weight = p.pow(self.beta1) * (1 - p).pow(self.beta2) * mask
-        forget = ((weight * logp).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        forget = weighted_answer_logprob(model, batch["forget"], lambda p: p.pow(self.beta1) * (1 - p).pow(self.beta2))
         retain = nll(model, batch["retain"]) if self.gamma else torch.zeros(())
         return forget + self.gamma * retain, {"satimp_forget": forget.item(), "retain_nll": retain.item()}

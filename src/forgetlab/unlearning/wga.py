@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetlab.losses import forward, nll
-from forgetlab.qa import token_logprobs
+from forgetlab.losses import nll, weighted_answer_logprob
 from forgetlab.unlearning import METHODS, Method
 
 
@@ -31,9 +30,6 @@ class WGA(Method):
             raise ValueError(f"wga.gamma must be >= 0, got {self.gamma}")
 
     def loss(self, model, batch):
-        logp, mask = token_logprobs(forward(model, batch["forget"]).logits, batch["forget"]["labels"])
-        weight = (self.alpha * logp.detach()).exp() * mask  # p^alpha, no gradient
-        per_sample = (weight * logp).sum(-1) / mask.sum(-1).clamp(min=1)
-        forget = per_sample.mean()
+        forget = weighted_answer_logprob(model, batch["forget"], lambda p: p.pow(self.alpha))  # w = p^alpha
         retain = nll(model, batch["retain"]) if self.gamma else torch.zeros(())
         return forget + self.gamma * retain, {"wga_forget": forget.item(), "retain_nll": retain.item()}
