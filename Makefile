@@ -7,7 +7,7 @@ STUDY ?= default
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run smoke test pull push mlflow-ui benchmark
+.PHONY: install run smoke test pull push mlflow-ui mlflow-server benchmark
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ pull: install  ## restore a finished study (STUDY=..., CONFIG=...) from the DVC 
 
 mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
+
+# a tracking server for many concurrent jobs; point them at it with
+# MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT). Artifacts are proxied (uploaded over HTTP).
+PORT ?= 5000
+MLFLOW_BACKEND ?= sqlite:///$(abspath results/mlflow.db)
+MLFLOW_ARTIFACTS ?= $(abspath results/mlartifacts)
+
+mlflow-server: install  ## PORT=5000, MLFLOW_BACKEND=postgresql://..., MLFLOW_ARTIFACTS=s3://... or a directory
+	mkdir -p results
+	mlflow server --backend-store-uri '$(MLFLOW_BACKEND)' --serve-artifacts --artifacts-destination '$(MLFLOW_ARTIFACTS)' \
+		--host 127.0.0.1 --port $(PORT)
 
 benchmark: install
 	$(BIN)/python benchmarks/study_walltime.py

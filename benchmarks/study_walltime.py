@@ -65,7 +65,8 @@ def main() -> None:
        "--out", str(oracle2 / "model"), "--params", json.dumps(ft))
     ev = stage_params(config, "evaluate", model="oracle_seed1", regularizer=reg, seed=other_seed, split=split)
     sh("forgetlab", "evaluate", "--model-dir", str(oracle2 / "model"), "--data", data, "--out", str(oracle2 / "eval"),
-       "--oracle", str(res / "eval" / reg / f"seed{seed}" / split / "oracle"), "--params", json.dumps(ev))
+       "--oracle", str(res / "eval" / reg / f"seed{seed}" / split / "oracle"),
+       "--reference", str(res / "eval" / "pretrained" / split), "--params", json.dumps(ev))
     fq_oracle = json.loads((oracle2 / "eval" / "metrics.json").read_text())["metrics"]["forget_quality"]
 
     result = {

@@ -27,8 +27,11 @@ def test_stages_by_hand(tmp_path, tiny_model_dir):
               "--regularizer", "dropout", "--seed", "0", "--role", "oracle", "--split", "forget10", "--out", "oracle", cwd=tmp_path)
     assert (tmp_path / "oracle" / "model.safetensors").exists()
 
+    forgetlab("evaluate", "--config", config, "--model-dir", tiny_model_dir, "--data", "data/smoke", "--model", "pretrained",
+              "--split", "forget10", "--out", "pretrained-eval", cwd=tmp_path)
     forgetlab("evaluate", "--config", config, "--model-dir", "oracle", "--data", "data/smoke", "--model", "oracle",
-              "--regularizer", "dropout", "--seed", "0", "--split", "forget10", "--out", "oracle-eval", cwd=tmp_path)
+              "--regularizer", "dropout", "--seed", "0", "--split", "forget10", "--reference", "pretrained-eval",
+              "--out", "oracle-eval", cwd=tmp_path)
     assert (tmp_path / "oracle-eval" / "samples.parquet").exists()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
@@ -36,8 +39,9 @@ def test_stages_by_hand(tmp_path, tiny_model_dir):
     finetune = next(r for r in runs if r.data.tags["stage"] == "finetune")
     assert finetune.data.tags["role"] == "oracle" and finetune.data.params["retain_split"] == "retain90"
     assert int(finetune.data.metrics["train_examples"]) == sum(1 for _ in open(tmp_path / "data/smoke/qa/retain90.jsonl"))
-    evaluate = next(r for r in runs if r.data.tags["stage"] == "evaluate")
+    evaluate = next(r for r in runs if r.data.tags["stage"] == "evaluate" and r.data.tags["model"] == "oracle")
     assert evaluate.data.metrics["forget_quality"] == 1.0  # an oracle is its own reference
+    assert "mia_reference" in evaluate.data.metrics  # against the pretrained model's table
 
 
 def test_init_from_skips_pretraining_and_keeps_the_checkpoint(tmp_path, tiny_model_dir, smoke_data):

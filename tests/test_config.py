@@ -46,6 +46,10 @@ def mutated(edit):
         (lambda c: c["regularizers"].update(both=[{"name": "lora"}, {"name": "sparsity"}]), "regularizers.both: lora and sparsity"),
         (lambda c: c["regularizers"].update(two=[{"name": "label_smoothing"}, {"name": "multi_sample_dropout"}]),
          "regularizers.two: label_smoothing and multi_sample_dropout both replace the loss"),
+        (lambda c: c["finetune"].update(eval_every=5), "finetune"),  # the trajectory is an unlearning setting
+        (lambda c: c["unlearn"].update(eval_every=-1), "unlearn.eval_every"),
+        (lambda c: c["methods"]["npo"].update(plugins=["salun"]), "methods.npo.plugins[0]: unknown plug-in 'salun'"),
+        (lambda c: c["methods"]["npo"].update(plugins=[{"name": "Saliency"}]), "methods.npo.plugins.0"),
     ],
 )
 def test_bad_config_names_the_key(edit, key):
@@ -65,6 +69,16 @@ def test_catalogue_names_every_registered_regularizer():
     catalogue = yaml.safe_load((REPO / "config" / "catalogue.yaml").read_text())
     used = {c["name"] for comps in catalogue["regularizers"].values() for c in comps}
     assert used == set(REGULARIZERS.names())
+
+
+def test_catalogue_names_every_registered_method_and_plugin():
+    from forgetlab.unlearning import METHODS
+    from forgetlab.unlearning.plugins import PLUGINS
+
+    catalogue = yaml.safe_load((REPO / "config" / "catalogue.yaml").read_text())
+    assert {m["name"] for m in catalogue["methods"].values()} == set(METHODS.names())
+    used = {p if isinstance(p, str) else p["name"] for m in catalogue["methods"].values() for p in m.get("plugins", [])}
+    assert used == set(PLUGINS.names())
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):

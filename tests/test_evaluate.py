@@ -1,13 +1,15 @@
 """The batched scoring pass against unbatched, by-hand references on a tiny random Llama."""
 
 import math
+import zlib
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from forgetlab.evaluate import rouge_l_recall, score_model, score_split
+from forgetlab.evaluate import rouge_l_f1, rouge_l_recall, score_model, score_split
+from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa, token_logprobs
 
 SENTENCES = [
@@ -136,3 +138,102 @@ def test_score_model_columns_and_splits(model, tok):
         assert col in df.columns
     assert math.isnan(df.loc[2, "truth_ratio"]) and not math.isnan(df.loc[2, "prob"])
     assert not model.training
+
+
+# ----------------------------------------------------------------------------- the new per-sample columns
+
+def unbatched_token_stats(model, tok, question, answer):
+    """Per answer token: log p(y_t), argmax == y_t, and mean/std of log p under p, by hand."""
+    enc = encode_qa(tok, question, answer)
+    ids = torch.tensor([enc["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].double()
+    labels = torch.tensor(enc["labels"][1:])
+    out = []
+    for t in range(len(labels)):
+        if labels[t] == -100:
+            continue
+        logp = torch.log_softmax(logits[t], -1)
+        p = logp.exp()
+        mu = float((p * logp).sum())
+        sigma = math.sqrt(float((p * (logp - mu) ** 2).sum()))
+        out.append((float(logp[labels[t]]), bool(logp.argmax() == labels[t]), mu, sigma))
+    return out
+
+
+def test_per_token_columns_match_a_by_hand_pass(model, tok, scored):
+    for i, row in enumerate(ROWS):
+        ref = unbatched_token_stats(model, tok, row["question"], row["answer"])
+        got = scored.loc[i]
+        assert len(got["answer_token_logp"]) == got["answer_tokens"] == len(ref)
+        assert list(got["answer_token_logp"]) == pytest.approx([r[0] for r in ref], abs=1e-5)
+        assert list(got["answer_token_match"]) == [r[1] for r in ref]
+        assert list(got["answer_token_mu"]) == pytest.approx([r[2] for r in ref], abs=1e-5)
+        assert list(got["answer_token_sigma"]) == pytest.approx([r[3] for r in ref], abs=1e-5)
+        # the scalar columns are functions of the token columns
+        assert got["answer_nll"] == pytest.approx(-sum(got["answer_token_logp"]) / got["answer_tokens"], abs=1e-9)
+        assert got["answer_zlib"] == len(zlib.compress(row["answer"].encode("utf-8")))
+
+
+def test_option_prob_and_rouge_f1(scored):
+    row = scored.loc[2]
+    # option_prob = P(para) / (P(para) + sum_i P(pert_i)); perturbed_prob is the mean over the 4 â_i
+    assert row["option_prob"] == pytest.approx(row["paraphrased_prob"] / (row["paraphrased_prob"] + 4 * row["perturbed_prob"]))
+    for _, r in scored.iterrows():
+        assert r["rouge_l_f1"] == pytest.approx(rouge_l_f1(r["generated"], r["answer"]))
+
+
+def test_grad_norm_matches_a_per_sample_backward(model, tok):
+    got = score_split(model, tok, ROWS, "forget", batch_size=3, max_new_tokens=2, grad_norm=True)
+    for i, row in enumerate(ROWS):
+        enc = encode_qa(tok, row["question"], row["answer"])
+        model.zero_grad()
+        logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits
+        logp, mask = token_logprobs(logits, torch.tensor([enc["labels"]]))
+        (-logp.sum() / mask.sum()).backward()
+        expected = torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).mean()
+        assert got.loc[i, "grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+    model.zero_grad()
+    # off by default (only the membership-inference splits need it)
+    assert score_split(model, tok, ROWS[:1], "retain", max_new_tokens=1)["grad_norm"].isna().all()
+
+
+def test_verbmem_continuation_is_the_unbatched_greedy_continuation(model, tok):
+    got = score_split(model, tok, ROWS, "forget", batch_size=3, max_new_tokens=6, verbmem=True)
+    for i, row in enumerate(ROWS):
+        reply = tok(" " + row["answer"], add_special_tokens=False)["input_ids"]
+        h = len(reply) // 2
+        assert got.loc[i, "verbmem_prefix_tokens"] == h
+        assert got.loc[i, "verbmem_continuation"] == tok.decode(reply[h:], skip_special_tokens=True).strip()
+        ids = torch.tensor([encode_prompt(tok, row["question"]) + reply[:h]])
+        new = []
+        with torch.no_grad():
+            for _ in range(6):
+                nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                new.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        assert got.loc[i, "verbmem_generated"] == tok.decode(new, skip_special_tokens=True).strip()
+        assert got.loc[i, "verbmem_rouge_l_f1"] == pytest.approx(
+            rouge_l_f1(got.loc[i, "verbmem_generated"], got.loc[i, "verbmem_continuation"]))
+
+
+def test_timings_split_the_three_passes(model, tok):
+    timings = {}
+    score_split(model, tok, ROWS[:2], "forget", max_new_tokens=2, grad_norm=True, verbmem=True, timings=timings)
+    assert set(timings) == {"logprob", "generation", "gradnorm"} and all(v > 0 for v in timings.values())
+
+
+def test_empty_split_and_empty_answer_are_clear_errors(model, tok):
+    with pytest.raises(EvalInputError, match="split 'forget' has no rows"):
+        score_split(model, tok, [], "forget")
+    with pytest.raises(EvalInputError, match="split 'retain', row 7: empty answer"):
+        score_split(model, tok, [dict(ROWS[0], id=7, answer="  ")], "retain")
+
+
+def test_likelihood_only_form_for_trajectories(model, tok, scored):
+    cheap = score_split(model, tok, ROWS, "forget", batch_size=7, generate=False, verbmem=True)
+    assert cheap["generated"].tolist() == [""] * len(ROWS)
+    assert cheap["rouge_l_recall"].isna().all() and cheap["verbmem_rouge_l_f1"].isna().all()
+    assert cheap["prob"].tolist() == pytest.approx(scored["prob"].tolist(), rel=1e-9)

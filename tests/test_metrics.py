@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from forgetlab.metrics import METRICS, compute_metrics
+from forgetlab.metrics import METRICS, EvalInputError, compute_metrics
 
 
 def table(split_values: dict[str, list[dict]]) -> pd.DataFrame:
@@ -34,10 +34,14 @@ def test_forget_quality_identical_is_one_and_ignores_other_splits():
     assert METRICS.get("forget_quality")(model, oracle) == pytest.approx(1.0)
 
 
-def test_forget_quality_nan_without_oracle_or_forget():
+def test_forget_quality_without_oracle_or_forget_names_what_is_missing():
     model = table({"forget": tr_rows([0.3, 0.5])})
-    assert math.isnan(METRICS.get("forget_quality")(model, None))
-    assert math.isnan(METRICS.get("forget_quality")(table({"retain": tr_rows([1.0])}), model))
+    with pytest.raises(EvalInputError, match=r"forget_quality.*oracle.*samples\.parquet"):
+        METRICS.get("forget_quality")(model, None)
+    with pytest.raises(EvalInputError, match=r"split 'forget' has no rows.*splits present: retain"):
+        METRICS.get("forget_quality")(table({"retain": tr_rows([1.0])}), model)
+    with pytest.raises(EvalInputError, match=r"no truth_ratio values on split 'forget' of the oracle"):
+        METRICS.get("forget_quality")(model, table({"forget": tr_rows([math.nan])}))
 
 
 def test_model_utility_hand_worked():
@@ -48,8 +52,9 @@ def test_model_utility_hand_worked():
             {"prob": 0.4, "rouge_l_recall": 0.5, "truth_ratio": 0.5},
             {"prob": 0.6, "rouge_l_recall": 0.0, "truth_ratio": 0.5},
         ],
-        # world_facts: prob 1.0, rouge 0.5, TR = 1 - 0.75 = 0.25
-        "world_facts": [{"prob": 1.0, "rouge_l_recall": 0.5, "truth_ratio": 0.75}],
+        # world_facts: option_prob 1.0 (TOFU normalises over the options; plain prob unused),
+        #              rouge 0.5, TR = 1 - 0.75 = 0.25
+        "world_facts": [{"prob": 0.1, "option_prob": 1.0, "rouge_l_recall": 0.5, "truth_ratio": 0.75}],
         # forget must not enter utility
         "forget": [{"prob": 0.0, "rouge_l_recall": 0.0, "truth_ratio": 9.0}],
     })
@@ -60,11 +65,12 @@ def test_model_utility_hand_worked():
 def test_model_utility_zero_term_and_missing_split():
     samples = table({
         "retain": [{"prob": 0.5, "rouge_l_recall": 0.5, "truth_ratio": 2.0}],  # TR term = 0
-        "world_facts": [{"prob": 0.5, "rouge_l_recall": 0.5, "truth_ratio": 0.5}],
+        "world_facts": [{"prob": 0.5, "option_prob": 0.5, "rouge_l_recall": 0.5, "truth_ratio": 0.5}],
     })
     assert METRICS.get("model_utility")(samples, None) == 0.0
     only_retain = samples[samples["split"] == "retain"]
-    assert math.isnan(METRICS.get("model_utility")(only_retain, None))
+    with pytest.raises(EvalInputError, match="model_utility.*split 'world_facts' has no rows"):
+        METRICS.get("model_utility")(only_retain, None)
 
 
 def test_truth_ratio_scores_hand_worked():
@@ -76,12 +82,12 @@ def test_truth_ratio_scores_hand_worked():
         # holdout: min(R, 1/R) = 0.25, 0.8 -> mean 0.525
         "holdout": tr_rows([4.0, 0.8]),
     })
-    got = compute_metrics(["forget_truth_ratio", "retain_truth_ratio", "holdout_truth_ratio",
-                           "world_facts_truth_ratio"], samples, None)
+    got = compute_metrics(["forget_truth_ratio", "retain_truth_ratio", "holdout_truth_ratio"], samples, None)
     assert got["forget_truth_ratio"] == pytest.approx(2 / 3)
     assert got["retain_truth_ratio"] == pytest.approx(0.25)
     assert got["holdout_truth_ratio"] == pytest.approx(0.525)
-    assert math.isnan(got["world_facts_truth_ratio"])
+    with pytest.raises(EvalInputError, match="world_facts_truth_ratio.*'world_facts'"):
+        compute_metrics(["world_facts_truth_ratio"], samples, None)
 
 
 def test_split_means_and_flattening():
@@ -90,10 +96,11 @@ def test_split_means_and_flattening():
                    {"prob": 0.4, "rouge_l_recall": 0.0, "truth_ratio": 1.0}],
         "retain": [{"prob": 0.9, "rouge_l_recall": 0.5, "truth_ratio": 1.0}],
     })
-    got = compute_metrics(["forget_prob", "retain_rouge", "holdout_prob", "split_means"], samples, None)
+    got = compute_metrics(["forget_prob", "retain_rouge", "split_means"], samples, None)
     assert got["forget_prob"] == pytest.approx(0.3)
     assert got["retain_rouge"] == pytest.approx(0.5)
-    assert math.isnan(got["holdout_prob"])
+    with pytest.raises(EvalInputError, match="holdout_prob.*'holdout'"):
+        compute_metrics(["holdout_prob"], samples, None)
     # split_means is a dict metric: flattened into {split}_{prob,rouge} for the splits present.
     assert "split_means" not in got
     assert got["forget_rouge"] == pytest.approx(0.5)
@@ -102,12 +109,27 @@ def test_split_means_and_flattening():
         "forget_prob", "forget_rouge", "retain_prob", "retain_rouge"}
 
 
-def test_registry_names_and_all_metrics_run():
+def test_registry_names_and_unknown_metric():
     for name in ["forget_quality", "model_utility", "forget_truth_ratio", "retain_truth_ratio",
-                 "forget_prob", "forget_rouge", "world_facts_prob", "split_means"]:
+                 "forget_prob", "forget_rouge", "world_facts_prob", "split_means", "world_facts_option_prob",
+                 "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm", "mia_reference",
+                 "extraction_strength", "exact_memorization", "knowmem", "verbmem", "privleak",
+                 "privleak_min_k_plus_plus"]:
         assert name in METRICS
     samples = table({"forget": tr_rows([0.5, 1.0]), "retain": tr_rows([0.5])})
-    got = compute_metrics(None, samples, samples)
-    assert got["forget_quality"] == pytest.approx(1.0)
+    assert compute_metrics(["forget_quality"], samples, samples)["forget_quality"] == pytest.approx(1.0)
     with pytest.raises(KeyError):
         compute_metrics(["no_such_metric"], samples, None)
+
+
+def test_a_non_finite_result_is_an_error_not_a_nan():
+    samples = table({"forget": tr_rows([0.5, 1.0])})
+    samples["prob"] = [math.inf, 1.0]
+    with pytest.raises(EvalInputError, match="forget_prob.*inf"):
+        compute_metrics(["forget_prob"], samples, None)
+
+
+def test_option_prob_hand_worked():
+    # option_prob per row = P(para) / (P(para) + sum P(perturbed)): 0.6 / (0.6 + 0.1 + 0.2 + 0.1) = 0.6
+    samples = table({"world_facts": [{"option_prob": 0.6}, {"option_prob": 0.2}]})
+    assert METRICS.get("world_facts_option_prob")(samples, None) == pytest.approx(0.4)

@@ -63,6 +63,11 @@ def test_summary_has_one_row_per_model_and_a_column_per_metric(study):
     assert sorted(table["model"].unique()) == ["oracle", "pretrained", "target", "unlearned"]
     assert set(table.loc[table.model == "unlearned", "method"]) == set(config["methods"])
     assert (table.loc[table.model == "oracle", "forget_quality"] == 1.0).all()
+    # the unlearning trajectory becomes steps_to_threshold (censored, never NaN) for every unlearned model
+    unlearned = table[table.model == "unlearned"]
+    assert unlearned["threshold_reached"].isin([0.0, 1.0]).all()
+    assert (unlearned["steps_to_threshold"] >= 0).all()
+    assert table.loc[table.model != "unlearned", "steps_to_threshold"].isna().all()
     csv = pd.read_csv(res / "summary.csv")
     assert len(csv) == len(table) and list(csv.columns) == list(table.columns)
     assert (res / "forget_quality_vs_utility.png").stat().st_size > 10_000
@@ -122,6 +127,10 @@ def test_mlflow_runs_match_the_summary(study):
         assert len(client.get_metric_history(run.info.run_id, "grad_norm")) == steps
         assert float(run.data.params["train.lr"]) == config[run.data.tags["stage"]]["lr"]
         assert run.data.tags["artifact_path"].startswith("results/smoke/")
+        if run.data.tags["stage"] == "unlearn":  # the trajectory: the start, every eval_every steps, the end
+            every = config["unlearn"]["eval_every"]
+            traj = [m.step for m in client.get_metric_history(run.info.run_id, "traj_forget_prob")]
+            assert traj == sorted({0, steps, *range(every, steps + 1, every)})
 
     report = next(r for r in runs if r.data.tags["stage"] == "report")
     names = {a.path for a in client.list_artifacts(report.info.run_id)}

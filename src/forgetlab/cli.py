@@ -8,14 +8,30 @@ same parameters through forgetlab.config.stage_params.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from forgetlab.config import ConfigError, load_config, stage_params
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+class Commands(TyperGroup):
+    """Known errors raised inside a command print as one `error: ...` line and exit with status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            tracking = sys.modules.get("forgetlab.tracking")  # imported by the stages, not here (mlflow is slow)
+            if tracking is not None and isinstance(e, tracking.TrackingError):
+                fail(str(e))
+            raise
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help=__doc__)
 
 ParamsOpt = typer.Option(None, "--params", help="resolved stage parameters as JSON (what Snakemake passes)")
 ConfigOpt = typer.Option(None, "--config", help="a study config YAML, resolved for this stage")
@@ -103,15 +119,20 @@ def unlearn(target: Path = typer.Option(...), data: Path = typer.Option(...), ou
 @app.command()
 def evaluate(model_dir: Path = typer.Option(..., "--model-dir"), data: Path = typer.Option(...), out: Path = typer.Option(...),
              oracle: Optional[Path] = typer.Option(None, help="the oracle's evaluation directory (for forget_quality)"),
+             reference: Optional[Path] = typer.Option(None, help="the pretrained model's evaluation directory (for mia_reference)"),
              model: str = typer.Option("target", help="pretrained, target, oracle or unlearned"),
              regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
              method: Optional[str] = None,
              params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
     """Score one model; per-sample parquet plus aggregate metrics."""
+    from forgetlab.metrics import EvalInputError
     from forgetlab.recipes import evaluate as recipe
 
     p = resolve("evaluate", params, config, threads, model=model, regularizer=regularizer, seed=seed, split=split, method=method)
-    recipe.run(p, model_dir, data, out, oracle)
+    try:
+        recipe.run(p, model_dir, data, out, oracle, reference)
+    except EvalInputError as e:
+        fail(str(e))
 
 
 @app.command()
@@ -152,6 +173,23 @@ def check_config(config: Path):
     except ConfigError as e:
         fail(str(e))
     typer.echo(f"{config}: ok")
+
+
+@app.command("mlflow-replay")
+def mlflow_replay(files: list[Path] = typer.Argument(..., help="replay files written by failed jobs (results/mlflow-unsent/*.jsonl)")):
+    """Send what jobs could not send to MLflow to the current tracking URI; each file becomes FILE.done."""
+    from forgetlab.replay import replay
+
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        fail(f"no such replay file: {', '.join(missing)}")
+    for file in files:
+        try:
+            sent = replay(file)
+        except ValueError as e:
+            fail(f"{file} is not a forgetlab MLflow replay file ({e})")
+        typer.echo(f"{file}: {sent['metrics']} metrics, {sent['params']} params, {sent['artifacts']} artifacts "
+                   f"-> run {sent['run_id']} at {sent['uri']}")
 
 
 if __name__ == "__main__":

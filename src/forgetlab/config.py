@@ -65,6 +65,7 @@ def check_config(config: dict) -> None:
     from forgetlab.metrics import METRICS
     from forgetlab.regularizers import REGULARIZERS, build_regularizers
     from forgetlab.unlearning import METHODS, build_method
+    from forgetlab.unlearning.plugins import PLUGINS
 
     for entry, components in config["regularizers"].items():
         for i, spec in enumerate(components):
@@ -80,6 +81,11 @@ def check_config(config: dict) -> None:
         if spec["name"] not in METHODS:
             raise ConfigError(f"config key {key}.name: unknown unlearning method {spec['name']!r}; known: {METHODS.names()}")
         _check_params(key, METHODS.get(spec["name"]), _params(spec))
+        for i, plugin in enumerate(spec.get("plugins", [])):
+            plugin = {"name": plugin} if isinstance(plugin, str) else plugin
+            if plugin["name"] not in PLUGINS:
+                raise ConfigError(f"config key {key}.plugins[{i}]: unknown plug-in {plugin['name']!r}; known: {PLUGINS.names()}")
+            _check_params(f"{key}.plugins[{i}]", PLUGINS.get(plugin["name"]), _params(plugin))
         _check_build(key, build_method, spec)
     for i, name in enumerate(config["evaluate"]["metrics"]):
         if name not in METRICS:
@@ -98,7 +104,7 @@ def _check_build(key: str, build, spec) -> None:
 
 
 def _params(spec: dict) -> dict:
-    return {k: v for k, v in spec.items() if k != "name"}
+    return {k: v for k, v in spec.items() if k not in ("name", "plugins", "train")}
 
 
 def stage_threads(config: dict, stage: str) -> int:
@@ -111,6 +117,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
     coords are the grid coordinates of the job (regularizer, seed, split, method, role, model).
     """
     base = {"study": config["study"], "stage": stage, "threads": stage_threads(config, stage), **coords}
+    if "precision" in config and stage in ("pretrain", "finetune", "unlearn", "evaluate"):
+        base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
     if stage == "prepare_data":
         return {**base, "data": config["data"]}
     if stage == "pretrain":

@@ -1,136 +1,175 @@
 """Batched per-sample scoring of a causal LM on TOFU-schema QA splits.
 
-For every QA row this computes (TOFU, Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning
-for LLMs"):
+For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the table holds:
 
-* ``answer_nll``  mean per-token negative log-likelihood of " " + answer + eos given the prompt;
+* ``answer_nll``  mean per-token negative log-likelihood of " " + a + eos given the prompt, and
+  ``answer_tokens`` its token count (TOFU, Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning");
 * ``prob``        exp(-answer_nll) = P(a|q)^(1/|a|), TOFU's length-normalised answer probability;
-* ``paraphrased_prob`` / ``perturbed_prob``  the same for the paraphrased answer ã and the mean
-  over the perturbed answers â_i;
+* ``paraphrased_prob`` / ``perturbed_prob``  the same for ã and the arithmetic mean over the â_i
+  (``paraphrased_nll`` / ``perturbed_nll``: the NLL of ã and the mean NLL over the â_i);
 * ``truth_ratio`` R = mean_i P(â_i|q)^(1/|â_i|) / P(ã|q)^(1/|ã|)  (the paper's formula, an
-  arithmetic mean over perturbed answers; TOFU's code uses the geometric mean instead);
-* ``generated``   the greedy answer, and ``rouge_l_recall`` its ROUGE-L recall against the answer.
+  arithmetic mean over perturbed answers; TOFU's code takes the geometric mean, which is
+  exp(paraphrased_nll - perturbed_nll) from the columns here);
+* ``option_prob`` P(ã)/(P(ã) + Σ_i P(â_i)), length-normalised: TOFU's answer probability over the
+  options, used for world facts. The options are ã and the â_i because the world renders the
+  perturbed answers with the paraphrase's template, so the options differ in the fact only;
+* ``generated``   the greedy answer; ``rouge_l_recall`` (TOFU) and ``rouge_l_f1`` (MUSE knowmem)
+  of it against a;
+* per answer token (list columns, one entry per token of " " + a + eos):
+  ``answer_token_logp`` log p(y_t|<t), ``answer_token_match`` argmax p(.|<t) == y_t,
+  ``answer_token_mu`` / ``answer_token_sigma`` mean and std of log p(z|<t) under z ~ p(.|<t);
+* ``answer_zlib`` len(zlib.compress(a as UTF-8)) (zlib attack);
+* ``grad_norm`` the GradNorm statistic of the answer (see eval_passes.grad_norms), on the
+  membership-inference splits only (NaN elsewhere);
+* verbmem, on the forget split only: the prompt plus the first half (n // 2 of n tokens, eos
+  excluded) of the answer's tokens is the prefix; ``verbmem_continuation`` is the true rest of
+  the answer, ``verbmem_generated`` the greedy continuation and ``verbmem_rouge_l_f1`` their
+  ROUGE-L F1. The prefix is the verbatim training sequence of the forget QA: the forget authors
+  have no rows in corpus.jsonl, and their answers were never trained on concatenated.
 
-All likelihoods come from one batched, right-padded forward pass per batch of sequences
-(answers, paraphrases and perturbations of a chunk of rows together); generation is batched
-greedy decoding on left-padded prompts.
+One forward pass per padded batch yields every likelihood value (answers, paraphrases and
+perturbations of all rows together); one batched greedy decoding covers the QA answers and the
+verbmem continuations; GradNorm is the only backward pass (vmap over samples). ``timings``
+collects the wall time of each of the three parts.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import zlib
 
 import pandas as pd
-import torch
-from rouge_score import rouge_scorer
 
-from forgetlab.qa import collate, encode_prompt, encode_qa, token_logprobs
+from forgetlab.eval_passes import greedy_continuations, grad_norms, timed, token_stats
+from forgetlab.metrics import EvalInputError
+from forgetlab.qa import encode_prompt, encode_qa
 
 COLUMNS = [
     "split", "id", "entity_id", "attribute", "question", "answer",
     "answer_nll", "answer_tokens", "prob", "paraphrased_nll", "paraphrased_prob",
     "perturbed_nll", "perturbed_prob", "truth_ratio", "generated", "rouge_l_recall",
+    "option_prob", "rouge_l_f1", "answer_token_logp", "answer_token_match", "answer_token_mu",
+    "answer_token_sigma", "answer_zlib", "grad_norm",
+    "verbmem_prefix_tokens", "verbmem_continuation", "verbmem_generated", "verbmem_rouge_l_f1",
 ]
+MIA_SPLITS = ("forget", "holdout")
+VERBMEM_SPLITS = ("forget",)
 
-_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+@functools.cache
+def _scorer():
+    from rouge_score import rouge_scorer  # imported on first use: it pulls in nltk (~1 s per job)
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(generated: str, reference: str):
+    """ROUGE-L (rouge-score, Porter stemming) of ``generated`` against ``reference``."""
+    return _scorer().score(reference, generated)["rougeL"]
 
 
 def rouge_l_recall(generated: str, reference: str) -> float:
     """ROUGE-L recall (LCS / reference length, rouge-score tokenisation) of ``generated``."""
-    return float(_SCORER.score(reference, generated)["rougeL"].recall)
+    return float(rouge_l(generated, reference).recall)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def rouge_l_f1(generated: str, reference: str) -> float:
+    """ROUGE-L F1 (harmonic mean of LCS precision and recall) of ``generated``."""
+    return float(rouge_l(generated, reference).fmeasure)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-@torch.no_grad()
 def sequence_nll(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 32) -> list[tuple[float, int]]:
-    """(mean per-token answer NLL, number of answer tokens) for each (question, answer) pair.
-
-    Sequences are right-padded into batches of ``batch_size``; padding never changes the result
-    because the attention mask hides pad tokens and position ids start at 0 for every row.
-    """
-    device, pad = _device(model), _pad_id(tokenizer)
-    encoded = [encode_qa(tokenizer, q, a) for q, a in pairs]
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start:start + batch_size], pad)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
-        count = mask.sum(-1)
-        nll = -logp.sum(-1) / count.clamp(min=1)
-        for n, c in zip(nll.tolist(), count.tolist()):
-            out.append((n if c > 0 else math.nan, int(c)))
-    return out
+    """(mean per-token answer NLL, number of answer tokens) for each (question, answer) pair."""
+    stats = token_stats(model, [encode_qa(tokenizer, q, a) for q, a in pairs], pad_id(tokenizer), batch_size)
+    return [(s.nll, len(s.logp)) for s in stats]
 
 
-@torch.no_grad()
 def greedy_answers(model, tokenizer, questions: list[str], batch_size: int = 32, max_new_tokens: int = 40) -> list[str]:
     """Greedy answers for ``questions``, generated in left-padded batches; only new tokens decoded."""
-    device, pad = _device(model), _pad_id(tokenizer)
-    eos = tokenizer.eos_token_id
-    answers: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        prompts = [encode_prompt(tokenizer, q) for q in questions[start:start + batch_size]]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        gen = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-            max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-            temperature=None, top_p=None, top_k=None,
-        )
-        for row in gen[:, width:].tolist():
-            if eos in row:
-                row = row[:row.index(eos)]
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return answers
+    prompts = [encode_prompt(tokenizer, q) for q in questions]
+    new = greedy_continuations(model, prompts, pad_id(tokenizer), tokenizer.eos_token_id, batch_size, max_new_tokens)
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
+
+
+def check_rows(rows: list[dict], split: str) -> None:
+    """An empty split, or a row without an answer, is an error that names the split and the row."""
+    if not rows:
+        raise EvalInputError(f"split {split!r} has no rows to evaluate")
+    for i, r in enumerate(rows):
+        if not str(r.get("question") or "").strip():
+            raise EvalInputError(f"split {split!r}, row {r.get('id', i)!r}: empty question")
+        if not str(r.get("answer") or "").strip():
+            raise EvalInputError(f"split {split!r}, row {r.get('id', i)!r}: empty answer (zero answer tokens)")
+
+
+def verbmem_prompt(tokenizer, question: str, answer: str) -> tuple[list[int], int, str]:
+    """(prefix ids, prefix answer tokens h, true continuation text) for one forget QA row:
+    prompt + the first h = n // 2 of the n tokens of " " + answer (eos excluded)."""
+    reply = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    h = len(reply) // 2
+    return encode_prompt(tokenizer, question) + reply[:h], h, tokenizer.decode(reply[h:], skip_special_tokens=True).strip()
 
 
 def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int = 32,
-                max_new_tokens: int = 40) -> pd.DataFrame:
-    """One row per QA of ``rows`` with likelihood, truth-ratio and generation scores (see COLUMNS)."""
+                max_new_tokens: int = 40, generate: bool = True, grad_norm: bool = False,
+                verbmem: bool = False, timings: dict | None = None) -> pd.DataFrame:
+    """One row per QA of ``rows`` with likelihood, truth-ratio and generation scores (see COLUMNS).
+
+    With ``generate=False`` only the likelihood pass runs (``generated`` is empty and the ROUGE
+    columns NaN): the cheap form used for unlearning trajectories. ``grad_norm`` adds the GradNorm
+    statistic, ``verbmem`` the verbatim-memorization continuations (needs ``generate``)."""
+    check_rows(rows, split)
+    pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
     was_training = model.training
     model.eval()
     try:
         # One flat list of every sequence to score; remember which slice belongs to which row.
-        pairs: list[tuple[str, str]] = []
-        spans = []
+        encoded, spans = [], []
         for r in rows:
-            q = r["question"]
-            para = r.get("paraphrased_answer")
-            pert = list(r.get("perturbed_answer") or [])
-            a0 = len(pairs)
-            pairs.append((q, r["answer"]))
-            if para:
-                pairs.append((q, para))
-            pairs.extend((q, p) for p in pert)
+            q, para, pert = r["question"], r.get("paraphrased_answer"), list(r.get("perturbed_answer") or [])
+            a0 = len(encoded)
+            encoded += [encode_qa(tokenizer, q, a) for a in [r["answer"], *([para] if para else []), *pert]]
             spans.append((a0, bool(para), len(pert)))
-        scores = sequence_nll(model, tokenizer, pairs, batch_size)
-        generated = greedy_answers(model, tokenizer, [r["question"] for r in rows], batch_size, max_new_tokens)
+        with timed(timings, "logprob"):
+            stats = token_stats(model, encoded, pad, batch_size)
+        for r, (a0, _, _) in zip(rows, spans):
+            if len(stats[a0].logp) == 0:
+                raise EvalInputError(f"split {split!r}, row {r.get('id')!r}: no answer tokens left after truncation")
+        generated, verb = [None] * len(rows), [None] * len(rows)
+        if generate:
+            prompts = [encode_prompt(tokenizer, r["question"]) for r in rows]
+            vm = [verbmem_prompt(tokenizer, r["question"], r["answer"]) for r in rows] if verbmem else []
+            with timed(timings, "generation"):
+                new = greedy_continuations(model, prompts + [v[0] for v in vm], pad, eos, batch_size, max_new_tokens)
+            text = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in new]
+            generated = text[:len(rows)]
+            if verbmem:
+                verb = [(h, truth, gen) for (_, h, truth), gen in zip(vm, text[len(rows):])]
+        norms = [math.nan] * len(rows)
+        if grad_norm:
+            with timed(timings, "gradnorm"):
+                norms = grad_norms(model, [encoded[a0] for a0, _, _ in spans], pad, batch_size)
     finally:
         model.train(was_training)
 
     records = []
-    for r, (a0, has_para, n_pert), gen in zip(rows, spans, generated):
-        nll, n_tok = scores[a0]
+    for r, (a0, has_para, n_pert), gen, vb, gn in zip(rows, spans, generated, verb, norms):
+        ans = stats[a0]
+        nll = ans.nll
         k = a0 + 1
         para_nll = math.nan
         if has_para:
-            para_nll = scores[k][0]
+            para_nll = stats[k].nll
             k += 1
-        pert_nlls = [s[0] for s in scores[k:k + n_pert]]
+        pert_nlls = [s.nll for s in stats[k:k + n_pert]]
         para_prob = math.exp(-para_nll)
-        pert_prob = sum(math.exp(-x) for x in pert_nlls) / n_pert if n_pert else math.nan
+        pert_probs = [math.exp(-x) for x in pert_nlls]
+        pert_prob = sum(pert_probs) / n_pert if n_pert else math.nan
+        options = para_prob / (para_prob + sum(pert_probs)) if has_para and n_pert else math.nan
         records.append({
             "split": split,
             "id": r.get("id"),
@@ -139,23 +178,38 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
             "question": r["question"],
             "answer": r["answer"],
             "answer_nll": nll,
-            "answer_tokens": n_tok,
+            "answer_tokens": len(ans.logp),
             "prob": math.exp(-nll),
             "paraphrased_nll": para_nll,
             "paraphrased_prob": para_prob,
             "perturbed_nll": sum(pert_nlls) / n_pert if n_pert else math.nan,
             "perturbed_prob": pert_prob,
             "truth_ratio": pert_prob / para_prob if para_prob > 0 else math.nan,
-            "generated": gen,
-            "rouge_l_recall": rouge_l_recall(gen, r["answer"]),
+            "generated": gen or "",
+            "rouge_l_recall": rouge_l_recall(gen, r["answer"]) if gen is not None else math.nan,
+            "option_prob": options,
+            "rouge_l_f1": rouge_l_f1(gen, r["answer"]) if gen is not None else math.nan,
+            "answer_token_logp": ans.logp.tolist(),
+            "answer_token_match": ans.match.tolist(),
+            "answer_token_mu": ans.mu.tolist(),
+            "answer_token_sigma": ans.sigma.tolist(),
+            "answer_zlib": len(zlib.compress(r["answer"].encode("utf-8"))),
+            "grad_norm": gn,
+            "verbmem_prefix_tokens": vb[0] if vb else None,
+            "verbmem_continuation": vb[1] if vb else None,
+            "verbmem_generated": vb[2] if vb else None,
+            "verbmem_rouge_l_f1": rouge_l_f1(vb[2], vb[1]) if vb else math.nan,
         })
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
 def score_model(model, tokenizer, splits: dict[str, list[dict]], batch_size: int = 32,
-                max_new_tokens: int = 40) -> pd.DataFrame:
-    """Concatenation of ``score_split`` over ``{split name: rows}``."""
-    frames = [score_split(model, tokenizer, rows, name, batch_size, max_new_tokens)
+                max_new_tokens: int = 40, grad_norm_splits=MIA_SPLITS, verbmem_splits=VERBMEM_SPLITS,
+                timings: dict | None = None) -> pd.DataFrame:
+    """Concatenation of ``score_split`` over ``{split name: rows}``; GradNorm on ``grad_norm_splits``
+    and verbmem on ``verbmem_splits`` (by default the membership-inference splits and forget)."""
+    frames = [score_split(model, tokenizer, rows, name, batch_size, max_new_tokens,
+                          grad_norm=name in grad_norm_splits, verbmem=name in verbmem_splits, timings=timings)
               for name, rows in splits.items()]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)

@@ -4,15 +4,49 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cuda_bf16() -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch: no emulation argument
+        return torch.cuda.is_bf16_supported()
+
+
+def autocast_dtype(precision: str, dev) -> torch.dtype | None:
+    """The autocast dtype of a `precision` setting on a device; None means plain float32.
+
+    auto: bfloat16 on a CUDA device that supports it natively, float32 otherwise (CPU included);
+    fp32: float32 everywhere; bf16: bfloat16 autocast on CUDA (an error on a GPU without native
+    bfloat16) and on the CPU too (torch's CPU autocast: slower there, and meant for checks).
+    Weights, gradients and the optimizer state stay float32 in every case.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kind = torch.device(dev).type
+    if precision == "fp32" or (precision == "auto" and not (kind == "cuda" and _cuda_bf16())):
+        return None
+    if kind == "cuda" and not _cuda_bf16():
+        raise ValueError("precision bf16: this GPU has no native bfloat16 support; use precision fp32 or auto")
+    return torch.bfloat16
+
+
+def autocast(precision: str, dev):
+    """A fresh autocast context for the forward pass and loss (a null context for float32)."""
+    dtype = autocast_dtype(precision, dev)
+    return nullcontext() if dtype is None else torch.autocast(device_type=torch.device(dev).type, dtype=dtype)
 
 
 def new_llama(model_cfg: dict, tokenizer) -> LlamaForCausalLM:
@@ -66,6 +100,7 @@ def atomic_dir(out: str | Path):
     """
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_stale_temps(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -75,6 +110,25 @@ def atomic_dir(out: str | Path):
         raise
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Remove temporary siblings of `out` left by killed jobs (kill -9, node failure): those whose
+    process is gone. Snakemake runs one job per output at a time, so none of them can be live."""
+    for old in out.parent.glob(f".{out.name}.tmp-*") if out.parent.is_dir() else ():
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_model(model, tokenizer, out: str | Path) -> None:

@@ -1,25 +1,46 @@
 """MLflow tracking: one run per stage job, in the study's experiment.
 
-The store is `MLFLOW_TRACKING_URI` when set (e.g. a server), else a SQLite file at
-results/mlflow.db with artifacts under results/mlartifacts/. Every run records the resolved
-stage params, its tags (stage, grid coordinates, git commit, host, SLURM job id, artifact path),
-its step metrics, aggregates and artifacts. Writes are retried while SQLite reports a lock.
+The store is `MLFLOW_TRACKING_URI` when set (e.g. `make mlflow-server`), else the SQLite file
+results/mlflow.db with artifacts under results/mlartifacts/. A run holds the stage params, tags
+(stage, grid coordinates, git commit, host, SLURM job id, artifact path), step metrics, aggregates
+and artifacts. No metric is lost silently:
+- SQLite: opening the store is serialised by a lock file beside it (concurrent first opens race on
+  table creation), and writes are retried while SQLite reports a lock;
+- an http(s) server that does not answer at job start fails the job within seconds (TrackingError);
+- step metrics are buffered, and a flush that cannot reach the store keeps them for a later try.
+  What is still unsent at the end of the job (after FORGETLAB_MLFLOW_RETRY_SECONDS of retries) is
+  written to results/mlflow-unsent/<run_id>.jsonl, and the job fails naming it: see forgetlab.replay.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from forgetlab import replay
+
 TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "soup")
+PROBE_TIMEOUT = (5, 60)  # seconds to connect to a server, and to wait for a busy one to answer
+# mlflow's documented HTTP client settings during a job: a few short retries, after which our own
+# buffering and backoff take over (mlflow's defaults retry for minutes); the user's values win.
+JOB_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached; the message names the URI (and any replay file)."""
 
 
 def tracking_uri() -> str:
@@ -45,6 +66,78 @@ def retry(fn, *args, attempts: int = 20, **kwargs):
             time.sleep(min(0.1 * 2**i, 5.0))
 
 
+def unreachable(e: BaseException) -> bool:
+    """True for a failure that may pass: no connection, a timeout, a server-side (5xx) error."""
+    while e is not None:
+        if isinstance(e, (requests.RequestException, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(e, MlflowException) and e.get_http_status_code() >= 500:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextmanager
+def http_settings(values: dict[str, str]):
+    """Set mlflow's HTTP client variables that the user has not set, for the block only."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Serialise store creation on a SQLite file: concurrent first opens race on table creation."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def probe(uri: str) -> None:
+    """Fail within seconds when an http(s) tracking server does not answer its health check."""
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+    verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT, verify=verify)
+    except requests.RequestException as e:
+        raise TrackingError(f"MLflow tracking server {uri} does not answer ({short(e)}); start it "
+                            "(make mlflow-server) or unset MLFLOW_TRACKING_URI") from e
+    if response.status_code >= 500:
+        raise TrackingError(f"MLflow tracking server {uri} answered HTTP {response.status_code} to its health check")
+
+
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id (created if need be); an http(s) server is probed first."""
+    if uri.startswith(("http://", "https://")):
+        probe(uri)
+    with store_lock(uri), http_settings(JOB_HTTP):
+        client = MlflowClient(uri)
+        try:
+            return client, experiment_id(client, experiment)
+        except Exception as e:
+            if uri.startswith(("http://", "https://")):
+                raise TrackingError(f"MLflow tracking server {uri} failed to open experiment {experiment!r} ({short(e)})") from e
+            raise
+
+
+def short(e: BaseException) -> str:
+    """One line: the OS error or HTTP status when there is one, else the start of the message."""
+    text = " ".join(str(e).split())
+    found = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out|timed out|error code \d+[^.]*", text)
+    return found.group(0) if found else text[:300]
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -56,13 +149,14 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id(client: MlflowClient, name: str) -> str:
     exp = retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        location = (Path("results/mlartifacts") / name).resolve().as_uri()
+    location = None  # a server decides where artifacts go; a SQLite file keeps them beside it
+    uri = client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
     try:
         return retry(client.create_experiment, name, artifact_location=location)
     except Exception:  # created meanwhile by a concurrent job
@@ -70,54 +164,108 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 
 class Run:
-    """A live MLflow run: buffered step metrics, aggregates and artifacts."""
+    """A live MLflow run: buffered step metrics, aggregates and artifacts; nothing unsent is dropped."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id, self._buffer = client, run_id, []
+    def __init__(self, client: MlflowClient, run_id: str, header: dict, params: list[Param]):
+        self.client, self.run_id, self.header = client, run_id, header
+        self.params, self._params, self._buffer, self._artifacts = params, list(params), [], []
+        self._error, self._next_try, self._backoff = None, 0.0, 1.0
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
         self._buffer += [Metric(k, float(v), ts, step) for k, v in values.items()]
-        if len(self._buffer) >= 500:
+        if len(self._buffer) >= 500 and time.monotonic() >= self._next_try:
             self.flush()
-
-    def flush(self) -> None:
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            retry(self.client.log_batch, self.run_id, metrics=chunk)
 
     def log_metrics(self, values: dict[str, float]) -> None:
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, 0) for k, v in values.items()]
-        for i in range(0, len(metrics), 1000):
-            retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + 1000])
+        self._buffer += [Metric(k, float(v), ts, 0) for k, v in values.items()]
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what is pending; if the store cannot be reached, keep it for a later try."""
+        try:
+            while self._params:
+                retry(self.client.log_batch, self.run_id, params=self._params[:100])
+                del self._params[:100]
+            while self._buffer:
+                retry(self.client.log_batch, self.run_id, metrics=self._buffer[:1000])
+                del self._buffer[:1000]
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            self._postpone(e)
+            return False
+        self._backoff = 1.0
+        return True
 
     def log_artifact(self, path: str | Path) -> None:
-        retry(self.client.log_artifact, self.run_id, str(path))
+        try:
+            retry(self.client.log_artifact, self.run_id, str(path))
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            self._postpone(e)  # copied now: the job's temporary directory may be gone by the end
+            self._artifacts.append(replay.stash(path, self.run_id))
+
+    def _postpone(self, e: Exception) -> None:
+        if self._error is None:
+            print(f"warning: MLflow store {self.header['tracking_uri']} unreachable ({short(e)}); "
+                  "keeping the metrics and retrying", file=sys.stderr)
+        self._error, self._next_try = e, time.monotonic() + self._backoff
+        self._backoff = min(2 * self._backoff, 60.0)
+
+    def close(self, status: str, raise_error: bool = True) -> None:
+        """Send everything (retrying for FORGETLAB_MLFLOW_RETRY_SECONDS), then end the run; else save it."""
+        deadline = time.monotonic() + float(os.environ.get("FORGETLAB_MLFLOW_RETRY_SECONDS", 60))
+        delay = 0.5
+        try:
+            while not self.flush():
+                if time.monotonic() + delay > deadline:
+                    raise self._error
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+            if self._artifacts:
+                raise self._error
+            retry(self.client.set_terminated, self.run_id, status)
+            return
+        except Exception as e:
+            error = e
+        # all the params: the run may have to be created again where the file is replayed
+        path = replay.write(self.header | {"status": status, "error": short(error)}, self.params,
+                            self._buffer, self._artifacts)
+        message = (f"could not send {len(self._buffer)} metrics, {len(self._params)} params and "
+                   f"{len(self._artifacts)} artifacts to MLflow at {self.header['tracking_uri']} "
+                   f"({short(error)}); saved to {path}; send them with: forgetlab mlflow-replay {path}")
+        if not raise_error:
+            print(f"error: {message}", file=sys.stderr)
+            return
+        raise TrackingError(message) from error
 
 
 @contextmanager
 def stage_run(params: dict, artifact_path: str | Path):
     """Open the MLflow run of one stage job; mark it FAILED if the job raises."""
-    client = MlflowClient(tracking_uri())
-    exp = _experiment_id(client, params["study"])
+    uri = tracking_uri()
+    client, exp = connect(uri, params["study"])
     tags = {k: str(params[k]) for k in TAG_KEYS if params.get(k) is not None}
     tags.update(git_commit=git_commit(), host=socket.gethostname(), artifact_path=str(artifact_path))
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     name = "/".join(str(params[k]) for k in ("stage", "model", "regularizer", "seed", "split", "role", "ingredient", "method") if params.get(k) is not None)
-    run = retry(client.create_run, exp, run_name=name, tags=tags)
-    live = Run(client, run.info.run_id)
-    try:
-        flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(flat), 100):
-            retry(client.log_batch, live.run_id, params=flat[i : i + 100])
-        yield live
-        live.flush()
-    except BaseException:
+    with http_settings(JOB_HTTP):
+        try:
+            run_id = retry(client.create_run, exp, run_name=name, tags=tags).info.run_id
+        except Exception as e:
+            if unreachable(e):
+                raise TrackingError(f"MLflow tracking store {uri} failed to create the run ({short(e)})") from e
+            raise
+        header = {"tracking_uri": uri, "experiment": params["study"], "run_id": run_id, "run_name": name, "tags": tags}
+        live = Run(client, run_id, header, [Param(k, v[:6000]) for k, v in flatten(params).items()])
         try:
             live.flush()
-        finally:
-            retry(client.set_terminated, live.run_id, "FAILED")
-        raise
-    retry(client.set_terminated, live.run_id, "FINISHED")
+            yield live
+        except BaseException:
+            live.close("FAILED", raise_error=False)  # the job's own error is the one to raise
+            raise
+        live.close("FINISHED")

@@ -11,6 +11,11 @@
 
 Regularizers (forgetlab.regularizers) hook in at setup, in the loss, at the optimizer's parameter
 groups, after each step and at the end; the loop is the same for all of them.
+
+The forward pass and the loss run under `precision`'s autocast (forgetlab.model.autocast: bf16 on a
+CUDA device that supports it with `auto`); weights, gradients and the optimizer state stay float32.
+With a `checkpoint` (forgetlab.checkpoint.Checkpointer) the loop saves its whole state every
+`checkpoint_every` steps and on SIGTERM (then exits with status 143), and resumes from a saved one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -25,6 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from forgetlab.checkpoint import Checkpointer, CheckpointError, StepLog, rng_state, set_rng_state
+from forgetlab.model import autocast
 from forgetlab.qa import collate
 
 
@@ -44,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_length: int = 256
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only on SIGTERM)
 
 
 @dataclass
@@ -52,6 +62,10 @@ class TrainContext:
 
     total_steps: int
     probe: dict | None = None  # a fixed batch of training examples, e.g. to probe activations
+    # unlearning: independent loaders over the forget and retain splits, for hooks that need
+    # batches of their own (e.g. a gradient-saliency mask), so the training order is untouched
+    forget: "Loader | None" = None
+    retain: "Loader | None" = None
 
 
 def seed_everything(seed: int) -> None:
@@ -63,30 +77,101 @@ def seed_everything(seed: int) -> None:
 
 
 class Loader:
-    """Endless, seeded, reshuffled-every-epoch batches of pre-encoded examples."""
+    """Endless, seeded, reshuffled-every-epoch batches of pre-encoded examples.
+
+    An example is one encoding ({"input_ids", "labels"}), or a dict of named views of the same
+    row (e.g. {"forget": qa, "idk": refusal}); a batch of the latter is a dict of padded views.
+    Each `iter(loader)` is a new `Batches` iterator that starts a new epoch; all of them draw their
+    permutations from the loader's one seeded generator. `state_dict` is that generator's state.
+    """
 
     def __init__(self, examples: Sequence[dict], batch_size: int, pad_id: int, seed: int, device="cpu"):
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.pad_id, self.device = examples, batch_size, pad_id, device
         self.generator = torch.Generator().manual_seed(seed)
+        self.iterators = weakref.WeakSet()  # the live iterators, checked when checkpointing
 
     def __len__(self) -> int:
         return math.ceil(len(self.examples) / self.batch_size)
 
-    def __iter__(self) -> Iterator[dict]:
-        while True:
-            order = torch.randperm(len(self.examples), generator=self.generator).tolist()
-            for i in range(0, len(order), self.batch_size):
-                batch = collate([self.examples[j] for j in order[i : i + self.batch_size]], self.pad_id)
-                yield {k: v.to(self.device) for k, v in batch.items()}
+    def __iter__(self) -> "Batches":
+        return Batches(self)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def _batch(self, indices: list[int]) -> dict:
+        rows = [self.examples[j] for j in indices]
+        if "input_ids" in rows[0]:
+            return self._collate(rows)
+        return {view: self._collate([r[view] for r in rows]) for view in rows[0]}
+
+    def _collate(self, rows: list[dict]) -> dict:
+        return {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
 
 
-def paired(primary: Loader, secondary: Loader | None) -> Iterator[dict]:
-    """Batches for unlearning: {"forget": ..., "retain": ...}; the forget loader sets the epoch."""
-    other = iter(secondary) if secondary is not None else None
-    for batch in primary:
-        yield {"forget": batch, "retain": next(other) if other is not None else None}
+class Batches:
+    """An iterator over a Loader whose position (the current permutation and the index in it, and
+    the loader's generator) is restorable: a checkpoint resumes the data order exactly."""
+
+    saving = 0  # the id of the checkpoint being collected; see unsaved_iterators
+
+    def __init__(self, loader: Loader):
+        self.loader, self.order, self.index, self.saved = loader, None, 0, -1
+        loader.iterators.add(self)
+
+    def __iter__(self) -> "Batches":
+        return self
+
+    def __next__(self) -> dict:
+        if self.order is None or self.index >= len(self.order):  # a new epoch, drawn when first needed
+            self.order = torch.randperm(len(self.loader.examples), generator=self.loader.generator).tolist()
+            self.index = 0
+        chunk = self.order[self.index : self.index + self.loader.batch_size]
+        self.index += len(chunk)
+        return self.loader._batch(chunk)
+
+    def state_dict(self) -> dict:
+        self.saved = Batches.saving
+        return {"loader": self.loader.state_dict(), "order": self.order, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.order, self.index = state["order"], state["index"]
+
+
+class Paired:
+    """Batches for unlearning: {"forget": ..., "retain": ...} plus any other views of the forget
+    rows (e.g. "idk", "perturbed"); the forget loader sets the epoch. Restorable like Batches."""
+
+    def __init__(self, primary: Loader, secondary: Loader | None):
+        self.primary = iter(primary)
+        self.secondary = iter(secondary) if secondary is not None else None
+
+    def __iter__(self) -> "Paired":
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.primary)
+        views = batch if "input_ids" not in batch else {"forget": batch}
+        return {**views, "retain": next(self.secondary) if self.secondary is not None else None}
+
+    def state_dict(self) -> dict:
+        return {"primary": self.primary.state_dict(),
+                "secondary": self.secondary.state_dict() if self.secondary is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.primary.load_state_dict(state["primary"])
+        if self.secondary is not None:
+            self.secondary.load_state_dict(state["secondary"])
+
+
+def paired(primary: Loader, secondary: Loader | None) -> Paired:
+    return Paired(primary, secondary)
 
 
 def num_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -118,10 +203,19 @@ def train(
     log: Callable[[int, dict], None] | None = None,
     desc: str = "train",
     probe: dict | None = None,
+    context: TrainContext | None = None,
+    checkpoint: Checkpointer | None = None,
+    precision: str = "auto",
 ) -> torch.nn.Module:
-    ctx = TrainContext(total_steps=steps, probe=probe)
-    for reg in regularizers:
-        model = reg.setup(model, ctx)
+    ctx = context or TrainContext(total_steps=steps, probe=probe)
+    if checkpoint is not None and checkpoint.every and not hasattr(batches, "state_dict"):
+        raise CheckpointError(f"{desc}: checkpoint_every needs a restorable data iterator (forgetlab.train.Loader)")
+    resume = checkpoint.load() if checkpoint is not None else None
+    # a resumed run sets up exactly as a fresh one (on the initial model), then restores the checkpoint;
+    # what setup logs is already in the checkpoint's history
+    with log.muted() if resume is not None and isinstance(log, StepLog) else nullcontext():
+        for reg in regularizers:
+            model = reg.setup(model, ctx)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
@@ -129,33 +223,123 @@ def train(
         groups = reg.param_groups(model, groups)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, cfg.warmup_ratio, cfg.min_lr_ratio))
+    parts = (model, optimizer, scheduler, batches, ctx, regularizers, log)
+    done = restore(resume, *parts) if resume is not None else 0
+    if resume is not None:
+        checkpoint.resumed(done, steps, resume.get("run_id"))
+    dev = next(model.parameters()).device
+    autocast(precision, dev)  # an unknown or unsupported precision fails here, before any step
 
-    for step in tqdm(range(steps), desc=desc, mininterval=2.0):
-        optimizer.zero_grad(set_to_none=True)
-        total, extras = 0.0, {}
-        for micro in range(cfg.grad_accum):
-            loss, parts = loss_fn(model, next(batches))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{desc}: the loss is {loss.item()} at step {step} (micro-batch {micro}); stopping. "
-                    "Lower the learning rate or check the data and the method's hyperparameters."
-                )
-            (loss / cfg.grad_accum).backward()
-            total += loss.item() / cfg.grad_accum
-            for k, v in parts.items():
-                extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        for reg in regularizers:
-            reg.before_step(model, step, optimizer)
-        optimizer.step()
-        scheduler.step()
-        for reg in regularizers:
-            reg.after_step(model, step, optimizer)
-        if log is not None:
-            log(step, {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **extras})
+    saved = done if resume is not None else -1
+    with checkpoint.on_sigterm() if checkpoint is not None else nullcontext():
+        for step in tqdm(range(done, steps), desc=desc, mininterval=2.0, initial=done, total=steps):
+            if checkpoint is not None and checkpoint.requested:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            total, extras = 0.0, {}
+            for micro in range(cfg.grad_accum):
+                with autocast(precision, dev):
+                    loss, loss_parts = loss_fn(model, next(batches))
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"{desc}: the loss is {loss.item()} at step {step} (micro-batch {micro}); stopping. "
+                        "Lower the learning rate or check the data and the method's hyperparameters."
+                    )
+                (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
+                for k, v in loss_parts.items():
+                    extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            for reg in regularizers:
+                reg.before_step(model, step, optimizer)
+            optimizer.step()
+            scheduler.step()
+            for reg in regularizers:
+                reg.after_step(model, step, optimizer)
+            if log is not None:
+                log(step, {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **extras})
+            done = step + 1
+            if checkpoint is not None and checkpoint.due(done, steps):
+                checkpoint.save(snapshot(done, *parts))
+                saved = done
+        if checkpoint is not None and checkpoint.requested:
+            preempt(checkpoint, done, steps, saved, parts)
 
     for reg in regularizers:
         model = reg.finalize(model)
     model.eval()
     return model
+
+
+def preempt(checkpoint: Checkpointer, done: int, steps: int, saved: int, parts: tuple) -> None:
+    """After SIGTERM: save the state at this step boundary (unless just saved) and exit with 143."""
+    reason = ""
+    if saved != done:
+        try:
+            checkpoint.save(snapshot(done, *parts))
+            saved = done
+        except CheckpointError as e:
+            reason = str(e)
+    raise checkpoint.stop(done, steps, saved == done, reason)
+
+
+def hook_name(hook) -> str:
+    return f"{type(hook).__module__}.{type(hook).__qualname__}:{getattr(hook, 'name', '')}"
+
+
+def snapshot(done, model, optimizer, scheduler, batches, ctx, hooks, log) -> dict:
+    """Everything a resumed run needs to continue exactly from `done` completed steps."""
+    if not hasattr(batches, "state_dict"):
+        raise CheckpointError("the data iterator has no state_dict (use forgetlab.train.Loader / paired)")
+    missing = [hook_name(h) for h in hooks if not hasattr(h, "state_dict")]
+    if missing:
+        raise CheckpointError(f"hooks without state_dict cannot be checkpointed: {missing}")
+    Batches.saving += 1
+    state = {
+        "step": done,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "batches": batches.state_dict(),
+        "context": {k: getattr(ctx, k).state_dict() for k in ("forget", "retain") if getattr(ctx, k) is not None},
+        "hooks": [(hook_name(h), h.state_dict()) for h in hooks],
+        "log": log.state_dict() if isinstance(log, StepLog) else None,
+        "rng": rng_state(),
+    }
+    unsaved = unsaved_iterators([getattr(ctx, k) for k in ("forget", "retain")] + loaders_of(batches))
+    if unsaved:
+        raise CheckpointError(f"{unsaved} data iterator(s) in use are not in any state_dict: a hook keeps an "
+                              "iterator over TrainContext.forget/retain without saving its position")
+    return state
+
+
+def loaders_of(batches) -> list:
+    found = [getattr(batches, "loader", None)]
+    found += [getattr(getattr(batches, k, None), "loader", None) for k in ("primary", "secondary")]
+    return [x for x in found if x is not None]
+
+
+def unsaved_iterators(loaders: list) -> int:
+    """Started iterators over these loaders that the checkpoint being collected does not hold."""
+    live = {id(it): it for loader in loaders if loader is not None for it in list(loader.iterators)}
+    return sum(1 for it in live.values() if it.order is not None and it.saved != Batches.saving)
+
+
+def restore(state: dict, model, optimizer, scheduler, batches, ctx, hooks, log) -> int:
+    """Load a snapshot into a run that has just been set up as a fresh one; returns the step."""
+    names = [hook_name(h) for h in hooks]
+    if [n for n, _ in state["hooks"]] != names:
+        raise CheckpointError(f"the checkpoint's hooks {[n for n, _ in state['hooks']]} are not this run's {names}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for k, loader_state in state["context"].items():
+        getattr(ctx, k).load_state_dict(loader_state)
+    for hook, (_, hook_state) in zip(hooks, state["hooks"]):
+        hook.load_state_dict(hook_state)
+    batches.load_state_dict(state["batches"])
+    if isinstance(log, StepLog) and state["log"] is not None:
+        log.load_state_dict(state["log"])
+    set_rng_state(state["rng"])
+    return state["step"]

@@ -74,5 +74,39 @@ def all_metric_files():
     )
 
 
+def all_trajectory_dirs():
+    """Every unlearned model directory of the grid, for the report to read its trajectory.csv
+    (written when unlearn.eval_every > 0). A file inside a directory() output cannot itself be a
+    Snakemake input, so the report takes the directories and skips those without the file."""
+    return expand(UNLEARNED, reg=REGULARIZERS, seed=SEEDS, split=SPLITS, method=METHODS)
+
+
 def study_outputs():
     return [f"{RES}/summary.parquet", f"{RES}/summary.csv", f"{RES}/forget_quality_vs_utility.png", f"{RES}.dvc", f"{DATA}.dvc"]
+
+
+# --- cluster resources ---------------------------------------------------------------------------
+# A rule's resources are the study config's resources.<stage> laid over resources.default. A key set
+# in neither is left out, so the profile's default-resources (profiles/slurm/config.yaml) or the
+# command line's --default-resources fill it; --set-resources RULE:KEY=VALUE overrides both.
+# cpus_per_task, when unset, is the rule's threads (threads.<stage>). Local runs ignore these
+# resources unless --resources sets a limit on one of them.
+RESOURCE_STAGES = ("prepare_data", "pretrain", "finetune", "soup", "unlearn", "evaluate", "report", "track")
+
+
+# Grouped jobs (the evaluations, `group: "evaluate"`) share one sbatch job, inside which the SLURM
+# plugin runs them one at a time (given CPU binding, which nearly every cluster has). Every job
+# takes one `group_slot`, and the slurm profile's `resources: {group_slot: 1}` caps each group job
+# at one slot wide: a group job asks for the memory, CPUs and GPUs of its largest job (and the sum
+# of its jobs' runtimes), not the sum over all of its jobs that could run side by side. The local
+# scope applies the cap per group job only, never across jobs; local runs have no such cap.
+resource_scopes:
+    group_slot="local",
+
+
+def stage_resources(stage):
+    """The resources of one stage's jobs, from the study config (the schema checks the keys)."""
+    if stage not in RESOURCE_STAGES:
+        raise ValueError(f"unknown resource stage {stage!r}; known: {RESOURCE_STAGES}")
+    section = config.get("resources") or {}
+    return {"group_slot": 1, **(section.get("default") or {}), **(section.get(stage) or {})}

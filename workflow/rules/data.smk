@@ -7,6 +7,8 @@ rule prepare_data:
     params:
         stage=params_json("prepare_data"),
         out=DATA,
+    resources:
+        **stage_resources("prepare_data"),
     log:
         f"{LOGS}/prepare_data.log",
     shell:

@@ -1,10 +1,11 @@
 # Every model is scored on forget, retain, holdout and world_facts; forget_quality compares a
-# model's forget truth ratios with those of the oracle of the same regularizer, seed and split.
+# model's forget truth ratios with those of the oracle of the same regularizer, seed and split;
+# mia_reference compares a model's losses with the pretrained model's (its samples.parquet).
 
 EVAL_OUT = ["metrics.json", "samples.parquet"]
 EVAL_SHELL = (
     "forgetlab evaluate --model-dir {input.model} --data {params.data} --out {params.out}"
-    " {params.oracle} --threads {threads} --params {params.stage:q} > {log} 2>&1"
+    " {params.oracle} {params.reference} --threads {threads} --params {params.stage:q} > {log} 2>&1"
 )
 
 
@@ -19,7 +20,10 @@ rule evaluate_pretrained:
         data=DATA,
         out=EVAL_PRETRAINED,
         oracle="",
+        reference="",
     threads: stage_threads(config, "evaluate")
+    resources:
+        **stage_resources("evaluate"),
     log:
         f"{LOGS}/eval/pretrained/{{split}}.log",
     shell:
@@ -30,6 +34,7 @@ rule evaluate_oracle:
     input:
         model=ORACLE,
         qa=rules.prepare_data.output.qa,
+        reference=f"{EVAL_PRETRAINED}/samples.parquet",
     output:
         multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/", *EVAL_OUT),
     params:
@@ -37,7 +42,12 @@ rule evaluate_oracle:
         data=DATA,
         out=lambda w: eval_dir(w, "oracle"),
         oracle="",
+        reference="--reference " + EVAL_PRETRAINED,
     threads: stage_threads(config, "evaluate")
+    resources:
+        **stage_resources("evaluate"),
+    group:
+        "evaluate"
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle.log",
     shell:
@@ -49,6 +59,7 @@ rule evaluate_target:
         model=TARGET,
         qa=rules.prepare_data.output.qa,
         oracle=f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/samples.parquet",
+        reference=f"{EVAL_PRETRAINED}/samples.parquet",
     output:
         multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/target/", *EVAL_OUT),
     params:
@@ -56,7 +67,12 @@ rule evaluate_target:
         data=DATA,
         out=lambda w: eval_dir(w, "target"),
         oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
+        reference="--reference " + EVAL_PRETRAINED,
     threads: stage_threads(config, "evaluate")
+    resources:
+        **stage_resources("evaluate"),
+    group:
+        "evaluate"
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/target.log",
     shell:
@@ -68,6 +84,7 @@ rule evaluate_unlearned:
         model=UNLEARNED,
         qa=rules.prepare_data.output.qa,
         oracle=f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/samples.parquet",
+        reference=f"{EVAL_PRETRAINED}/samples.parquet",
     output:
         multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}/", *EVAL_OUT),
     params:
@@ -75,7 +92,12 @@ rule evaluate_unlearned:
         data=DATA,
         out=lambda w: eval_dir(w, w.method),
         oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
+        reference="--reference " + EVAL_PRETRAINED,
     threads: stage_threads(config, "evaluate")
+    resources:
+        **stage_resources("evaluate"),
+    group:
+        "evaluate"
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
     shell:

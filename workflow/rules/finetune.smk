@@ -3,7 +3,7 @@
 # and averages them in a fan-in soup rule.
 
 FINETUNE_SHELL = (
-    "forgetlab finetune --pretrained {input.pretrained} --data {params.data} --out {output}"
+    "exec forgetlab finetune --pretrained {input.pretrained} --data {params.data} --out {output}"
     " --threads {threads} --params {params.stage:q} > {log} 2>&1"
 )
 SOUP_SHELL = "forgetlab soup {input:q} --out {output} --params {params.stage:q} > {log} 2>&1"
@@ -21,6 +21,8 @@ rule finetune_target:
         stage=lambda w: params_json("finetune", **coords(w, model="target", role="target")),
         data=DATA,
     threads: stage_threads(config, "finetune")
+    resources:
+        **stage_resources("finetune"),
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/target.log",
     shell:
@@ -39,6 +41,8 @@ rule finetune_oracle:
         stage=lambda w: params_json("finetune", **coords(w, model="oracle", role="oracle")),
         data=DATA,
     threads: stage_threads(config, "finetune")
+    resources:
+        **stage_resources("finetune"),
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle.log",
     shell:
@@ -55,6 +59,8 @@ rule finetune_target_ingredient:
         stage=lambda w: params_json("finetune", **coords(w, model="target", role="target")),
         data=DATA,
     threads: stage_threads(config, "finetune")
+    resources:
+        **stage_resources("finetune"),
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/target.ingredient{{i}}.log",
     shell:
@@ -71,6 +77,8 @@ rule finetune_oracle_ingredient:
         stage=lambda w: params_json("finetune", **coords(w, model="oracle", role="oracle")),
         data=DATA,
     threads: stage_threads(config, "finetune")
+    resources:
+        **stage_resources("finetune"),
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle.ingredient{{i}}.log",
     shell:
@@ -86,6 +94,8 @@ rule soup_target:
         reg=one_of(SOUP_K),
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="target", role="target")),
+    resources:
+        **stage_resources("soup"),
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/target.soup.log",
     shell:
@@ -101,6 +111,8 @@ rule soup_oracle:
         reg=one_of(SOUP_K),
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="oracle", role="oracle")),
+    resources:
+        **stage_resources("soup"),
     log:
         f"{LOGS}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle.soup.log",
     shell:

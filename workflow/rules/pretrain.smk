@@ -8,8 +8,10 @@ rule pretrain:
         stage=params_json("pretrain", model="pretrained"),
         data=DATA,
     threads: stage_threads(config, "pretrain")
+    resources:
+        **stage_resources("pretrain"),
     log:
         f"{LOGS}/pretrain.log",
     shell:
-        "forgetlab pretrain --data {params.data} --out {output} --threads {threads}"
+        "exec forgetlab pretrain --data {params.data} --out {output} --threads {threads}"
         " --params {params.stage:q} > {log} 2>&1"

@@ -1,13 +1,24 @@
 rule report:
     input:
-        all_metric_files(),
+        metrics=all_metric_files(),
+        trajectories=all_trajectory_dirs(),
     output:
         summary=f"{RES}/summary.parquet",
         csv=report(f"{RES}/summary.csv", caption="../report/summary.rst", category="Summary"),
+        stats=f"{RES}/stats.parquet",
+        stats_csv=report(f"{RES}/stats.csv", caption="../report/stats.rst", category="Seed statistics"),
+        tests=f"{RES}/paired_tests.parquet",
+        tests_csv=report(f"{RES}/paired_tests.csv", caption="../report/paired_tests.rst", category="Seed statistics"),
+        trajectories=f"{RES}/trajectories.csv",
         plot=report(f"{RES}/forget_quality_vs_utility.png", caption="../report/pareto.rst", category="Figures"),
+        heatmap=report(f"{RES}/metric_heatmap.png", caption="../report/heatmap.rst", category="Figures"),
+        trajectory=report(f"{RES}/trajectory_forget_prob.png", caption="../report/trajectory.rst", category="Trajectories"),
+        paths=report(f"{RES}/trajectory_paths.png", caption="../report/trajectory_paths.rst", category="Trajectories"),
     params:
         stage=params_json("report"),
         out=RES,
+    resources:
+        **stage_resources("report"),
     log:
         f"{LOGS}/report.log",
     shell:
@@ -24,6 +35,8 @@ rule track:
         results=f"{RES}.dvc",
     params:
         targets=[DATA, RES],
+    resources:
+        **stage_resources("track"),
     log:
         f"results/.{STUDY}.track.log",
     shell:

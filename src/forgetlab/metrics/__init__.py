@@ -5,17 +5,52 @@ A metric is a function ``(samples, oracle) -> float | dict[str, float]`` registe
 oracle's table (or None). A metric returning a dict contributes each of its keys to the result of
 ``compute_metrics`` (flattened, the metric's own name is not used). Adding a metric is adding one
 module to this package.
+
+Inputs are checked, never papered over: a metric that needs the oracle's table (``@needs("oracle")``)
+and gets None, a split with no rows or no values, or a result that is not finite raises
+``EvalInputError`` naming the metric, the split and the missing input, so no NaN reaches a summary.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from forgetlab.registry import Registry, import_all
 
 METRICS = Registry("metric")
+
+# What each optional input is, for error messages.
+INPUTS = {
+    "oracle": "the oracle's per-sample table (--oracle DIR with DIR/samples.parquet, "
+              "results/<study>/eval/<reg>/seed<k>/<split>/oracle/samples.parquet)",
+    "reference": "the pretrained model's per-sample table (--reference DIR with DIR/samples.parquet, "
+                 "results/<study>/eval/pretrained/<split>/samples.parquet)",
+}
+
+
+class EvalInputError(ValueError):
+    """An evaluation input is missing, empty or unusable; the message names it."""
+
+
+def needs(*inputs: str):
+    """Mark a metric as needing optional inputs ("oracle", "reference") beyond the model's table."""
+    def deco(fn):
+        fn.needs = tuple(inputs)
+        return fn
+    return deco
+
+
+def needs_of(name: str) -> tuple[str, ...]:
+    return getattr(METRICS.get(name), "needs", ())
+
+
+def require_oracle(oracle: pd.DataFrame | None, metric: str) -> pd.DataFrame:
+    if oracle is None:
+        raise EvalInputError(f"metric {metric!r} needs {INPUTS['oracle']}, and none was given")
+    return oracle
 
 
 def split_values(samples: pd.DataFrame | None, split: str, column: str) -> pd.Series:
@@ -25,6 +60,28 @@ def split_values(samples: pd.DataFrame | None, split: str, column: str) -> pd.Se
     return samples.loc[samples["split"] == split, column].astype(float).dropna()
 
 
+def split_rows(samples: pd.DataFrame, split: str, metric: str, columns=(), table: str = "model") -> pd.DataFrame:
+    """The rows of ``split``; an error naming the metric if there are none or a column is missing."""
+    missing = [c for c in columns if c not in samples]
+    if missing:
+        raise EvalInputError(f"metric {metric!r}: the {table}'s per-sample table has no column(s) "
+                             f"{', '.join(missing)} (written by an older forgetlab? re-run its evaluation)")
+    rows = samples[samples["split"] == split] if len(samples) else samples
+    if len(rows) == 0:
+        present = sorted(set(samples["split"])) if len(samples) else []
+        raise EvalInputError(f"metric {metric!r}: split {split!r} has no rows in the {table}'s per-sample "
+                             f"table (splits present: {', '.join(present) or 'none'})")
+    return rows
+
+
+def require_values(samples: pd.DataFrame, split: str, column: str, metric: str, table: str = "model") -> pd.Series:
+    """Non-NaN values of ``column`` on ``split``; an error naming the metric if there are none."""
+    values = split_values(split_rows(samples, split, metric, [column], table), split, column)
+    if len(values) == 0:
+        raise EvalInputError(f"metric {metric!r}: no {column} values on split {split!r} of the {table}'s table")
+    return values
+
+
 def mean_or_nan(values) -> float:
     values = pd.Series(values, dtype=float)
     return float(values.mean()) if len(values) else math.nan
@@ -32,14 +89,17 @@ def mean_or_nan(values) -> float:
 
 def compute_metrics(names: list[str] | None, samples: pd.DataFrame,
                     oracle: pd.DataFrame | None = None) -> dict[str, float]:
-    """Run the named metrics (all registered ones if ``names`` is None); dict results are flattened."""
+    """Run the named metrics (all registered ones if ``names`` is None); dict results are flattened.
+
+    Raises EvalInputError if a metric's input is missing or a value is not finite."""
     out: dict[str, float] = {}
     for name in METRICS.names() if names is None else names:
         value = METRICS.get(name)(samples, oracle)
-        if isinstance(value, dict):
-            out.update({k: float(v) for k, v in value.items()})
-        else:
-            out[name] = float(value)
+        for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
+            v = float(v)
+            if not np.isfinite(v):
+                raise EvalInputError(f"metric {name!r} gave {key} = {v}; check its input splits")
+            out[key] = v
     return out
 
 

@@ -1,22 +1,23 @@
 """Plain per-split means of the per-sample table.
 
-* ``{split}_prob``  = mean length-normalised answer probability P(a|q)^(1/|a|) (TOFU "Prob.");
-* ``{split}_rouge`` = mean ROUGE-L recall of the greedy answer against the true answer.
+* ``{split}_prob``  = mean length-normalised answer probability P(a|q)^(1/|a|) (TOFU "Prob."
+  on forget and retain; for world facts TOFU normalises over the options: world_facts_option_prob);
+* ``{split}_rouge`` = mean ROUGE-L recall of the greedy answer against the true answer (TOFU "ROUGE").
 
-Registered by name for the four known splits (NaN when the split is missing), plus ``split_means``
-returning a dict with both keys for every split present in the table.
+Registered by name for the four known splits (an error naming the split when it is missing),
+plus ``split_means`` returning a dict with both keys for every split present in the table.
 """
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, mean_or_nan, split_values
+from forgetlab.metrics import METRICS, EvalInputError, require_values
 
 SPLITS = ("forget", "retain", "holdout", "world_facts")
 COLUMNS = {"prob": "prob", "rouge": "rouge_l_recall"}
 
 
-def split_mean(samples, split: str, key: str) -> float:
-    return mean_or_nan(split_values(samples, split, COLUMNS[key]))
+def split_mean(samples, split: str, key: str, metric: str | None = None) -> float:
+    return float(require_values(samples, split, COLUMNS[key], metric or f"{split}_{key}").mean())
 
 
 def _register(split: str, key: str) -> None:
@@ -25,7 +26,7 @@ def _register(split: str, key: str) -> None:
         return split_mean(samples, split, key)
 
     metric.__name__ = f"{split}_{key}"
-    metric.__doc__ = f"Mean {COLUMNS[key]} on the {split} split (NaN if absent)."
+    metric.__doc__ = f"Mean {COLUMNS[key]} on the {split} split (an error if absent)."
 
 
 for _split in SPLITS:
@@ -36,4 +37,6 @@ for _split in SPLITS:
 @METRICS.register("split_means")
 def split_means(samples, oracle=None) -> dict[str, float]:
     present = [] if samples is None or len(samples) == 0 else list(dict.fromkeys(samples["split"]))
-    return {f"{s}_{k}": split_mean(samples, s, k) for s in present for k in COLUMNS}
+    if not present:
+        raise EvalInputError("metric 'split_means': the per-sample table is empty")
+    return {f"{s}_{k}": split_mean(samples, s, k, "split_means") for s in present for k in COLUMNS}

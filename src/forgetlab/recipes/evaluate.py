@@ -1,48 +1,114 @@
 """evaluate: score one model on forget, retain, holdout and world_facts in one batched pass,
-keep the per-sample table, and compute the configured aggregate metrics against the oracle."""
+keep the per-sample table, and compute the configured aggregate metrics against the oracle
+(and, for the reference attack, the pretrained model's table)."""
 
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from forgetlab.evaluate import score_model
-from forgetlab.metrics import compute_metrics
-from forgetlab.model import atomic_dir, load_model, load_tokenizer
+from forgetlab.metrics import INPUTS, EvalInputError, compute_metrics, mean_or_nan, needs_of, split_values
+from forgetlab.model import atomic_dir, autocast, load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.tracking import stage_run
 from forgetlab.train import seed_everything
+from forgetlab.trajectory import steps_to_threshold
 
 LABELS = ("study", "model", "regularizer", "method", "split", "seed")
+OPTIONS = {"oracle": "--oracle", "reference": "--reference"}
 
 
 def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
-    """The four evaluation sets; large ones capped to a fixed seeded subset."""
+    """The four evaluation sets; large ones capped to a fixed seeded subset. An empty file or a
+    row without an answer is an error naming the file."""
     files = {"forget": params["split"], "retain": params["retain_split"], "holdout": "holdout", "world_facts": "world_facts"}
     cap = params["evaluate"].get("max_samples")
     splits = {}
     for role, name in files.items():
-        rows = read_jsonl(data_dir / "qa" / f"{name}.jsonl")
+        path = data_dir / "qa" / f"{name}.jsonl"
+        if not path.exists():
+            raise EvalInputError(f"QA file {path} not found")
+        rows = read_jsonl(path)
+        if not rows:
+            raise EvalInputError(f"QA file {path} is empty: the {role} split has no rows to evaluate")
+        empty = [r.get("id", i) for i, r in enumerate(rows) if not str(r.get("answer") or "").strip()]
+        if empty:
+            raise EvalInputError(f"QA file {path}: {len(empty)} row(s) with an empty answer, e.g. {empty[0]!r}")
         if cap and len(rows) > cap and role != "forget":
             rows = random.Random(params["seed_data"]).sample(rows, cap)
         splits[role] = rows
     return splits
 
 
-def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path | None = None) -> None:
+def read_table(directory: Path, role: str) -> pd.DataFrame:
+    """The per-sample table of another evaluation (the oracle's, the pretrained model's)."""
+    path = Path(directory) / "samples.parquet"
+    if not path.exists():
+        raise EvalInputError(f"{OPTIONS[role]} {directory}: {path} not found ({INPUTS[role]})")
+    return pd.read_parquet(path)
+
+
+def metrics_to_run(names: list[str], model: str, available: set[str]) -> list[str]:
+    """The configured metrics this model can have. The pretrained model has no oracle or reference
+    by design, so metrics needing one are left out for it (and logged); for any other model a
+    missing input is an error naming it, raised before any scoring."""
+    run, skipped = [], []
+    for name in names:
+        missing = [need for need in needs_of(name) if need not in available]
+        if not missing:
+            run.append(name)
+        elif model == "pretrained":
+            skipped.append(name)
+        else:
+            raise EvalInputError(f"metric {name!r} needs {INPUTS[missing[0]]}, and no {OPTIONS[missing[0]]} was given")
+    if skipped:
+        print(f"evaluate: {', '.join(skipped)} not computed for the pretrained model "
+              "(no oracle or reference table by design)", file=sys.stderr)
+    return run
+
+
+def attach_reference(samples: pd.DataFrame, reference: pd.DataFrame, where: Path) -> pd.DataFrame:
+    """Add reference_answer_nll, the reference model's answer NLL of the same (split, id)."""
+    ref = reference[["split", "id", "answer_nll"]].rename(columns={"answer_nll": "reference_answer_nll"})
+    if ref.duplicated(["split", "id"]).any():
+        raise EvalInputError(f"reference table {where}: duplicate (split, id) rows")
+    out = samples.merge(ref, on=["split", "id"], how="left")
+    need = out["split"].isin(("forget", "holdout"))
+    if out.loc[need, "reference_answer_nll"].isna().any():
+        missing = out.loc[need & out["reference_answer_nll"].isna(), "id"].tolist()
+        raise EvalInputError(f"reference table {where} lacks {len(missing)} forget/holdout row(s) of this "
+                             f"evaluation, e.g. {missing[0]!r}: was it evaluated on the same split and data?")
+    return out
+
+
+def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path | None = None,
+        reference: Path | None = None) -> None:
     set_threads(params)
     seed_everything(params["seed_data"])
+    ev = params["evaluate"]
+    is_oracle = params["model"] == "oracle"
+    oracle_table = read_table(oracle, "oracle") if oracle and not is_oracle else None
+    reference_table = read_table(reference, "reference") if reference else None
+    available = {k for k, present in (("oracle", is_oracle or oracle_table is not None),
+                                      ("reference", reference_table is not None)) if present}
+    names = metrics_to_run(ev["metrics"], params["model"], available)
+    splits = eval_splits(params, data_dir)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-        ev = params["evaluate"]
-        samples = score_model(model, tokenizer, eval_splits(params, data_dir), ev["batch_size"], ev["max_new_tokens"])
-        if params["model"] == "oracle":
-            oracle_samples = samples  # the oracle is its own reference: forget_quality 1 by definition
-        else:
-            oracle_samples = pd.read_parquet(oracle / "samples.parquet") if oracle else None
-        metrics = compute_metrics(ev["metrics"], samples, oracle_samples)
+        with autocast(params.get("precision", "auto"), next(model.parameters()).device):  # fp32 on the CPU
+            samples = score_model(model, tokenizer, splits, ev["batch_size"], ev["max_new_tokens"])
+        if reference_table is not None:
+            samples = attach_reference(samples, reference_table, Path(reference) / "samples.parquet")
+        # the oracle is its own reference: forget_quality 1 and privleak 0 by definition
+        oracle_samples = samples if is_oracle else oracle_table
+        metrics = compute_metrics(names, samples, oracle_samples)
+        if (model_dir / "trajectory.csv").exists() and oracle_samples is not None:
+            oracle_forget_prob = mean_or_nan(split_values(oracle_samples, "forget", "prob"))
+            metrics.update(steps_to_threshold(pd.read_csv(model_dir / "trajectory.csv"), oracle_forget_prob))
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
         specs = {"regularizer_params": params.get("regularizers"), "method_params": params.get("method_spec")}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import collate, encode_qa
@@ -37,15 +38,19 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         tokenizer = load_tokenizer(pretrained)
         model = load_model(pretrained)
         cfg = TrainConfig(**train_cfg)
-        rows = read_jsonl(data_dir / "qa" / f"{training_file(params)}.jsonl")
+        qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
+        rows = read_jsonl(qa_file)
         examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
         loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device())
         steps = num_steps(cfg, len(loader))
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
+        ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, qa_file])
         model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
-                      regularizers=regularizers, log=mlrun.log_step, desc=f"finetune {params['role']}", probe=probe)
+                      regularizers=regularizers, log=ckpt.log, desc=f"finetune {params['role']}", probe=probe,
+                      checkpoint=ckpt, precision=params.get("precision", "auto"))
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
         for reg in regularizers:
             mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})
         save_model(model, tokenizer, tmp)
         write_json(tmp / "forgetlab_stage.json", params)
+    ckpt.remove()  # the output is in place: the checkpoint is no longer needed

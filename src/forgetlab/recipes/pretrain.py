@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, check_checkpoint, device, load_model, load_tokenizer, new_llama, save_model
 from forgetlab.qa import encode_text
@@ -20,6 +21,7 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
     set_threads(params)
     seed_everything(params["seed"])
     init_from = params["model"].get("init_from")
+    ckpt = None
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         if init_from:
             check_checkpoint(init_from)
@@ -32,7 +34,12 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
             corpus = [encode_text(tokenizer, row["text"], cfg.max_length) for row in read_jsonl(data_dir / "corpus.jsonl")]
             loader = Loader(corpus, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
             steps = num_steps(cfg, len(loader))
-            model = train(model, lm_loss, iter(loader), steps, cfg, log=mlrun.log_step, desc="pretrain")
+            ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
+                                          inputs=[data_dir / "corpus.jsonl", data_dir / "tokenizer"])
+            model = train(model, lm_loss, iter(loader), steps, cfg, log=ckpt.log, desc="pretrain",
+                          checkpoint=ckpt, precision=params.get("precision", "auto"))
             mlrun.log_metrics({"pretrain_steps": steps, "n_parameters": sum(p.numel() for p in model.parameters())})
         save_model(model, tokenizer, tmp)
         write_json(tmp / "forgetlab_stage.json", params)
+    if ckpt is not None:
+        ckpt.remove()  # the output is in place: the checkpoint is no longer needed

@@ -1,5 +1,18 @@
-"""report: one tidy table of every evaluated model (a row per model, a column per metric) and
-the forget-quality-vs-utility plot, both logged to MLflow."""
+"""report: the study's tables and figures, all logged to MLflow as artifacts of the report run.
+
+Inputs: every evaluated model's metrics.json, and every unlearned model directory (or its
+trajectory.csv directly); a directory without a trajectory.csv (unlearn.eval_every 0) is skipped.
+
+Tables (CSV, and parquet where noted):
+  summary      one row per model, one column per metric (parquet too)
+  stats        mean and 95% bootstrap CI over seeds per (regularizer, method, split, metric) (parquet too);
+               `method` is the unlearning method, or `target`/`oracle` for the fine-tuned models
+  paired_tests each regularizer against `none` on forget_quality (log10) and model_utility: a
+               Wilcoxon signed-rank test on pairs matched on (method, split, seed), Holm-corrected (parquet too)
+  trajectories every recorded unlearning step of every unlearned model
+Figures: the forget-quality-vs-utility plot, regularizer x method heatmaps of the headline
+metrics, and the unlearning trajectories (forget_prob against step; retain/forget paths).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +20,24 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from forgetlab.model import atomic_dir  # noqa: E402
-from forgetlab.tracking import stage_run  # noqa: E402
+from forgetlab import plots, stats
+from forgetlab.model import atomic_dir
+from forgetlab.tracking import stage_run
+from forgetlab.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 
 STAGE_OF = {"pretrained": "pretrain", "target": "finetune", "oracle": "finetune"}
 ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "model_path",
               "regularizer_params", "method_params"]
+GRID = ["regularizer", "method", "split", "seed"]
+BASELINE = "none"
+TESTED = {"forget_quality": "log10", "model_utility": "identity"}  # metric -> the scale it is tested on
+
+OUTPUTS = ("summary.parquet", "summary.csv", "stats.parquet", "stats.csv", "paired_tests.parquet",
+           "paired_tests.csv", "trajectories.csv", "forget_quality_vs_utility.png", "metric_heatmap.png",
+           "trajectory_forget_prob.png", "trajectory_paths.png")
 
 
 def summarize(metric_files: list[Path]) -> pd.DataFrame:
@@ -38,41 +57,104 @@ def summarize(metric_files: list[Path]) -> pd.DataFrame:
     return table.drop(columns="_order").reset_index(drop=True)
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
-    """Forget quality (log) against model utility: a panel per regularizer, a marker per method."""
-    table = table[table["regularizer"].notna() & table["forget_quality"].notna()]
-    regs = sorted(table["regularizer"].unique())
-    fig, axes = plt.subplots(1, max(1, len(regs)), figsize=(4.5 * max(1, len(regs)), 4), sharex=True, sharey=True, squeeze=False)
-    markers = {"target": ("X", "black"), "oracle": ("*", "gold")}
-    others = iter(["o", "s", "^", "v", "D", "P", "<", ">", "h", "p"] * 5)
-    method_marker = {m: next(others) for m in sorted(table["method"].dropna().unique())}
-    for ax, reg in zip(axes[0], regs):
-        sub = table[table["regularizer"] == reg]
-        for label, group in sub.groupby(sub["method"].fillna(sub["model"])):
-            marker, color = markers.get(label, (method_marker.get(label, "o"), None))
-            ax.scatter(group["model_utility"], group["forget_quality"].clip(lower=1e-300), marker=marker,
-                       s=90 if label in markers else 50, color=color, edgecolor="k", linewidth=0.5, label=label)
-        ax.set_yscale("log")
-        ax.set_title(f"regularizer: {reg}")
-        ax.set_xlabel("model utility")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("forget quality (KS p-value vs oracle)")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def split_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(metrics.json files, trajectory.csv files) from the report's inputs."""
+    metric_files, trajectory_files = [], []
+    for path in map(Path, paths):
+        if path.name == "metrics.json":
+            metric_files.append(path)
+        elif path.name == "trajectory.csv":
+            trajectory_files.append(path)
+        elif path.is_dir():
+            if (path / "trajectory.csv").exists():
+                trajectory_files.append(path / "trajectory.csv")
+        else:
+            raise ValueError(f"report input {path}: expected a metrics.json, a trajectory.csv or a model directory")
+    if not metric_files:
+        raise ValueError("report: no metrics.json among the inputs")
+    return metric_files, trajectory_files
 
 
-OUTPUTS = ("summary.parquet", "summary.csv", "forget_quality_vs_utility.png")
+def load_trajectories(files: list[Path], summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per recorded step, labelled with the grid coordinates of the unlearned model whose
+    evaluation (metrics.json `model_path`) names the trajectory's directory."""
+    unlearned = summary[summary["model"] == "unlearned"]
+    by_dir = {Path(row["model_path"]).resolve(): row for row in unlearned.to_dict("records") if row["model_path"]}
+    frames = []
+    for path in files:
+        row = by_dir.get(Path(path).parent.resolve())
+        if row is None:
+            raise ValueError(f"{path}: no evaluated unlearned model has model_path {Path(path).parent}")
+        frame = pd.read_csv(path)
+        missing = set(TRAJECTORY_COLUMNS) - set(frame.columns)
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        frames.append(frame[TRAJECTORY_COLUMNS].assign(**{k: row[k] for k in GRID}))
+    if not frames:
+        return pd.DataFrame(columns=GRID + TRAJECTORY_COLUMNS)
+    table = pd.concat(frames, ignore_index=True)[GRID + TRAJECTORY_COLUMNS]
+    table["seed"] = table["seed"].astype("Int64")
+    return table.sort_values(GRID + ["step"]).reset_index(drop=True)
 
 
-def run(params: dict, metric_files: list[Path], out: Path) -> None:
+def metric_columns(summary: pd.DataFrame) -> list[str]:
+    return [c for c in summary.columns if c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(summary[c])]
+
+
+def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
+    """(regularizer, method, split, seed, metric, value) for every fine-tuned and unlearned model;
+    `method` is the model (target, oracle) where there is no method. log10_forget_quality is added."""
+    models = summary[summary["regularizer"].notna()].copy()
+    models["method"] = models["method"].fillna(models["model"])
+    metrics = metric_columns(models)
+    if "forget_quality" in models:
+        fq = models["forget_quality"]
+        models["log10_forget_quality"] = np.where(fq.notna(), stats.log10_clipped(fq.fillna(1.0)), np.nan)
+        metrics.append("log10_forget_quality")
+    return models.melt(id_vars=GRID, value_vars=metrics, var_name="metric", value_name="value")
+
+
+def paired(summary: pd.DataFrame) -> pd.DataFrame:
+    tested = {m: scale for m, scale in TESTED.items() if m in summary}
+    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE)
+
+
+def write_tables(tables: dict[str, pd.DataFrame], tmp: Path) -> None:
+    for name, table in tables.items():
+        table.to_csv(tmp / f"{name}.csv", index=False)
+        if f"{name}.parquet" in OUTPUTS:
+            table.to_parquet(tmp / f"{name}.parquet", index=False)
+
+
+def draw(summary: pd.DataFrame, seed_stats: pd.DataFrame, trajectories: pd.DataFrame, tmp: Path) -> None:
+    methods = [m for m in dict.fromkeys(summary.loc[summary["model"] == "unlearned", "method"]) if m]
+    plots.pareto(summary, tmp / "forget_quality_vs_utility.png")
+    plots.heatmaps(seed_stats, sorted(methods), tmp / "metric_heatmap.png")
+    plots.trajectories(trajectories, summary, tmp / "trajectory_forget_prob.png")
+    plots.trajectory_paths(trajectories, summary, tmp / "trajectory_paths.png")
+
+
+def log_tests(mlrun, tests: pd.DataFrame) -> None:
+    """The paired tests as metrics too: test/<regularizer>/<metric>/{p_value,p_holm,mean_diff,testable}."""
+    values = {}
+    for row in tests.itertuples():
+        for key in ("p_value", "p_holm", "mean_diff", "testable"):
+            values[f"test/{row.regularizer}/{row.metric}/{key}"] = float(getattr(row, key))
+    if values:
+        mlrun.log_metrics(values)
+
+
+def run(params: dict, inputs: list[Path], out: Path) -> None:
     """Write the OUTPUTS into `out` (results/<study>/), each replaced only once all are made."""
+    metric_files, trajectory_files = split_inputs(inputs)
     with stage_run(params, out) as mlrun, atomic_dir(out / ".report") as tmp:
-        table = summarize(metric_files)
-        table.to_parquet(tmp / "summary.parquet", index=False)
-        table.to_csv(tmp / "summary.csv", index=False)
-        plot(table, tmp / "forget_quality_vs_utility.png")
+        summary = summarize(metric_files)
+        trajectories = load_trajectories(trajectory_files, summary)
+        seed_stats = stats.seed_stats(long_metrics(summary))
+        tests = paired(summary)
+        write_tables({"summary": summary, "stats": seed_stats, "paired_tests": tests, "trajectories": trajectories}, tmp)
+        draw(summary, seed_stats, trajectories, tmp)
+        log_tests(mlrun, tests)
         for name in OUTPUTS:
             mlrun.log_artifact(tmp / name)
     for name in OUTPUTS:

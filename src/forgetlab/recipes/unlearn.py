@@ -1,40 +1,101 @@
 """unlearn: start from a regularizer's target and minimise one unlearning method's loss over
-(forget, retain) batches of a split. A frozen reference (the target itself) is loaded once
+(forget, retain) batches of a split, with the method's plug-ins, recording the trajectory of
+cheap metrics every `eval_every` steps. A frozen reference (the target itself) is loaded once
 when the method needs it."""
 
 from __future__ import annotations
 
+import random
+from importlib.resources import files
 from pathlib import Path
 
+from forgetlab.checkpoint import Checkpointer
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.tracking import stage_run
-from forgetlab.train import Loader, TrainConfig, num_steps, paired, seed_everything, train
+from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, paired, seed_everything, train
+from forgetlab.trajectory import Trajectory
 from forgetlab.unlearning import build_method
+
+
+def refusals() -> list[str]:
+    """The shipped "I don't know"-style answers (forgetlab/unlearning/idk.txt)."""
+    text = files("forgetlab.unlearning").joinpath("idk.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def alternative_answers(rows: list[dict], view: str, seed: int) -> list[str]:
+    """One fixed, seeded alternative answer per forget row for a method's extra view."""
+    rng = random.Random(f"{view}-{seed}")
+    if view == "idk":
+        options = refusals()
+        return [rng.choice(options) for _ in rows]
+    if view == "perturbed":
+        return [rng.choice(r["perturbed_answer"]) for r in rows]
+    raise ValueError(f"unknown forget view {view!r}")
+
+
+def forget_examples(tokenizer, rows: list[dict], views, seed: int, max_length: int) -> list[dict]:
+    """Per forget row: {"forget": its QA encoded, view: the question with that view's answer, ...}."""
+    questions = [r["question"] for r in rows]
+    answers = {"forget": [r["answer"] for r in rows]}
+    answers.update({view: alternative_answers(rows, view, seed) for view in views})
+    encoded = {view: [encode_qa(tokenizer, q, a, max_length) for q, a in zip(questions, ans)]
+               for view, ans in answers.items()}
+    return [dict(zip(encoded, ex)) for ex in zip(*encoded.values())]
 
 
 def run(params: dict, target: Path, data_dir: Path, out: Path) -> None:
     set_threads(params)
-    seed_everything(params["seed"])
+    seed, spec = params["seed"], params["method_spec"]
+    train_params = {**params["train"], **spec.get("train", {})}  # a method entry may override the loop settings
+    eval_every = train_params.pop("eval_every", 0)
+    seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(target)
         model = load_model(target)
-        method = build_method(params["method_spec"])
+        method = build_method(spec)
         if method.needs_reference:
             method.reference = load_model(target).eval().requires_grad_(False)
-        cfg = TrainConfig(**params["train"])
+        cfg = TrainConfig(**train_params)
 
-        def loader(split: str, seed: int) -> Loader:
-            rows = read_jsonl(data_dir / "qa" / f"{split}.jsonl")
-            examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
+        def qa_file(split: str) -> Path:
+            return data_dir / "qa" / f"{split}.jsonl"
+
+        def rows(split: str) -> list[dict]:
+            return read_jsonl(qa_file(split))
+
+        def loader(examples: list, seed: int) -> Loader:
             return Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device())
 
-        forget = loader(params["split"], params["seed"])
-        retain = loader(params["retain_split"], params["seed"] + 1) if method.uses_retain else None
+        forget_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
+        examples = forget_examples(tokenizer, forget_rows, method.forget_views, seed, cfg.max_length)
+        retain_examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in retain_rows]
+
+        forget = loader(examples, seed)
+        retain = loader(retain_examples, seed + 1) if method.uses_retain else None
         steps = num_steps(cfg, len(forget))
-        model = train(model, method.loss, paired(forget, retain), steps, cfg, log=mlrun.log_step,
-                      desc=f"unlearn {params['method']}")
-        mlrun.log_metrics({"unlearn_steps": steps})
+        # the hooks' own batches (e.g. a saliency mask) come from separate loaders: training order is untouched
+        ctx = TrainContext(total_steps=steps, forget=loader([e["forget"] for e in examples], seed + 2),
+                           retain=loader(retain_examples, seed + 3))
+        hooks = [method, *method.plugins]
+        ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
+                                      inputs=[target, qa_file(params["split"]), qa_file(params["retain_split"])])
+        trajectory = None
+        if eval_every:
+            subset = random.Random(seed).sample(retain_rows, min(len(retain_rows), len(forget_rows)))
+            trajectory = Trajectory(tokenizer, forget_rows, subset, eval_every, steps, ckpt.log,
+                                    as_saved=method.as_saved)
+            hooks.append(trajectory)
+        model = train(model, method.loss, paired(forget, retain), steps, cfg, regularizers=hooks,
+                      log=ckpt.log, desc=f"unlearn {params['method']} ({spec['name']})", context=ctx,
+                      checkpoint=ckpt, precision=params.get("precision", "auto"))
+        mlrun.log_metrics({"unlearn_steps": steps, **method.summary(),
+                           **{k: v for p in method.plugins for k, v in p.summary().items()}})
         save_model(model, tokenizer, tmp)
+        if trajectory is not None:
+            trajectory.table().to_csv(tmp / "trajectory.csv", index=False)
+            mlrun.log_artifact(tmp / "trajectory.csv")
         write_json(tmp / "forgetlab_stage.json", params)
+    ckpt.remove()  # the output is in place: the checkpoint is no longer needed

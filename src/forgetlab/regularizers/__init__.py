@@ -18,6 +18,10 @@ Hooks, in the order the loop calls them:
     after_step(model, step, optimizer)     act after optimizer.step() and the lr update
     finalize(model) -> model               undo training-only changes / transform the final weights
     summary() -> dict                      numbers to log to MLflow once training ends
+    state_dict() / load_state_dict(state)  what the hook changes during training (running means,
+                                           masks, counters), for checkpoints (forgetlab.checkpoint):
+                                           a resumed run calls setup on the initial model, then
+                                           load_state_dict; stateless hooks keep the defaults
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ class Regularizer:
 
     def summary(self) -> dict[str, float]:
         return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def check(self, others: list["Regularizer"]) -> None:
         """Raise ValueError if this regularizer cannot be combined with the others of its entry."""

@@ -87,6 +87,12 @@ class Allora(LoraBase):
             g["lr"] = g[SCHEDULED] * g[FACTOR]
         self._factors = [g[FACTOR] for g in mine]
 
+    def state_dict(self) -> dict:  # the factors live in the optimizer's param groups; these feed summary
+        return {"factors": list(self._factors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._factors = list(state["factors"])
+
     def summary(self) -> dict[str, float]:
         out = super().summary()
         if self._factors:

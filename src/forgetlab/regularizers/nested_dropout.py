@@ -63,3 +63,9 @@ class NestedDropout(Regularizer):
 
     def summary(self) -> dict[str, float]:
         return {"mean_cut": float(self._cut_sum) / self._cut_n} if self._cut_n else {}
+
+    def state_dict(self) -> dict:  # the float32 running sum is exact as a python float
+        return {"cut_sum": float(self._cut_sum), "cut_n": self._cut_n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._cut_sum, self._cut_n = state["cut_sum"], state["cut_n"]

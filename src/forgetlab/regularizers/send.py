@@ -113,3 +113,13 @@ class SenD(Regularizer):
 
     def summary(self) -> dict[str, float]:
         return {"refreshes": float(self._refreshes), "dropped_fraction": self._dropped}
+
+    def state_dict(self) -> dict:
+        return {"history": [list(h) for h in self._history], "keep": list(self._keep),
+                "refreshes": self._refreshes, "dropped": self._dropped}
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self._probe["input_ids"].device
+        self._history = [deque([v.to(dev) for v in h], maxlen=self.window) for h in state["history"]]
+        self._keep = [k.to(dev) if k is not None else None for k in state["keep"]]
+        self._refreshes, self._dropped = state["refreshes"], state["dropped"]

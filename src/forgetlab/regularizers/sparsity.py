@@ -103,6 +103,12 @@ class Sparsity(Regularizer):
         self._apply()
         return model
 
+    def state_dict(self) -> dict:
+        return {"pruned": list(self._pruned)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pruned = [m.to(w.device) for m, w in zip(state["pruned"], self._weights)]
+
     def summary(self) -> dict[str, float]:
         zeros = sum(int((w == 0).sum()) for w in self._weights)
         total = sum(w.numel() for w in self._weights)

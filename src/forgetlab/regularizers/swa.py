@@ -79,3 +79,10 @@ class SWA(Regularizer):
 
     def summary(self) -> dict[str, float]:
         return {"snapshots": float(self._count)}
+
+    def state_dict(self) -> dict:
+        return {"mean": list(self._mean), "count": self._count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._mean = [m.to(p.device) for m, p in zip(state["mean"], self._params)]
+        self._count = state["count"]

@@ -1,25 +1,79 @@
-"""Unlearning methods: the study's second axis.
+"""Unlearning methods: the study's second axis, and plug-ins that compose with any of them.
 
 A method is a dataclass registered by name; its fields are its config hyperparameters, and its
-`loss(model, batch)` maps a {"forget": batch, "retain": batch | None} pair to a scalar loss and a
-dict of named parts to log. The shared loop (forgetlab.train) minimises it.
+`loss(model, batch)` maps an unlearning batch to a scalar loss and a dict of named parts to log.
+The batch holds "forget" and "retain" (None unless the method sets `uses_retain`), plus the
+other views of the same forget rows that the method asks for in `forget_views`:
+    "idk"        the question with a refusal answer from idk.txt (a fixed, seeded draw per row);
+    "perturbed"  the question with one of its perturbed (wrong) answers (a seeded draw per row).
+The shared loop (forgetlab.train) minimises the loss.
+
+Methods and plug-ins may also use the loop's hooks, the same ones as regularizers:
+    setup(model, ctx) -> model   e.g. freeze all but a few layers (ctx: forgetlab.train.TrainContext,
+                                 with its own forget/retain loaders for extra batches)
+    param_groups(model, groups)  before_step(model, step, optimizer)  after_step(model, step, optimizer)
+    finalize(model) -> model     e.g. turn the trained weights into a task vector and negate it
+    summary() -> dict            numbers logged to MLflow once training ends
+    state_dict() / load_state_dict(state)   what changes during training, for checkpoints (e.g. pdu's
+                                 lambda); a resumed run calls setup on the initial model first
 A method that needs the frozen pre-unlearning model sets `needs_reference`; the recipe then
 loads that model once and assigns it to `method.reference` (never copied per step).
+
+Plug-ins (forgetlab.unlearning.plugins) are given in config as `{name: npo, plugins: [saliency]}`
+(or `plugins: [{name: saliency, fraction: 0.3}]`); each checks that it can apply to the method.
+An entry may also override the study's `unlearn` loop settings for that method alone, e.g.
+`{name: rmu, train: {lr: 1.0e-3}}`.
 Adding a method is one new file in this package plus a config entry.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import ClassVar
 
 from forgetlab.registry import Registry, import_all
 
 METHODS = Registry("unlearning method")
+VIEWS = ("idk", "perturbed")
 
 
-class Method:
+class Hooks:
+    """The training loop's hooks (see forgetlab.regularizers), all no-ops by default."""
+
+    def setup(self, model, ctx):
+        return model
+
+    def param_groups(self, model, groups: list[dict]) -> list[dict]:
+        return groups
+
+    def before_step(self, model, step: int, optimizer) -> None:
+        pass
+
+    def after_step(self, model, step: int, optimizer) -> None:
+        pass
+
+    def finalize(self, model):
+        return model
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        """What changes during training (forgetlab.checkpoint); stateless by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Method(Hooks):
+    name: ClassVar[str] = ""
     uses_retain: ClassVar[bool] = False
+    forget_views: ClassVar[tuple[str, ...]] = ()
+    # False for methods whose update is not a gradient step on their loss (e.g. task_vector)
+    accepts_plugins: ClassVar[bool] = True
     reference = None
+    plugins: list = []
 
     @property
     def needs_reference(self) -> bool:
@@ -28,9 +82,27 @@ class Method:
     def loss(self, model, batch: dict):
         raise NotImplementedError
 
+    @contextmanager
+    def as_saved(self, model):
+        """The model as the method would save it at this point (e.g. task_vector's negated
+        weights), for mid-run evaluation; most methods save the trained weights as they are."""
+        yield model
+
 
 def build_method(spec: dict) -> Method:
-    return METHODS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
+    """Instantiate a method entry, with its plug-ins, and check that they can apply to it."""
+    from forgetlab.unlearning.plugins import build_plugin
+
+    params = {k: v for k, v in spec.items() if k not in ("name", "plugins", "train")}
+    method = METHODS.get(spec["name"])(**params)
+    method.name = spec["name"]
+    bad = [v for v in method.forget_views if v not in VIEWS]
+    if bad:
+        raise ValueError(f"{spec['name']}: unknown forget view(s) {bad}; known: {list(VIEWS)}")
+    method.plugins = [build_plugin(p) for p in spec.get("plugins", [])]
+    for plugin in method.plugins:
+        plugin.check(method)
+    return method
 
 
 import_all(__name__, __path__)

@@ -1,0 +1,25 @@
+"""MUSE verbatim memorization (Shi et al. 2025, "MUSE: Machine Unlearning Six-Way Evaluation for
+Language Models", ICLR, criterion C1 VerbMem).
+
+    VerbMem(f, D_forget) = (1/|D_forget|) Σ_{x in D_forget} ROUGE-L(f(x_[:l]), x_[l+1:])
+
+with f(x_[:l]) the model's greedy continuation of the first l tokens of a forget text, scored by
+ROUGE-L F1 against the true continuation (open-unlearning's MUSE config: rougeL_f1). Returned as
+``forget_verbmem``.
+
+The forget texts: the forget authors have no rows in corpus.jsonl, and the text the target was
+trained on verbatim is each forget QA in its training format, "<bos>Question: q\\nAnswer: a<eos>".
+So x is that sequence, x_[:l] ends after the first n // 2 of the n tokens of " " + a, and the
+continuation is the rest of a (eos excluded). Per-sample columns verbmem_generated,
+verbmem_continuation and verbmem_rouge_l_f1 (evaluate computes them for the forget split only).
+Hand-worked: continuations scoring F1 1.0 and 0.5 give 0.75.
+"""
+
+from __future__ import annotations
+
+from forgetlab.metrics import METRICS, require_values
+
+
+@METRICS.register("verbmem")
+def verbmem(samples, oracle=None) -> dict[str, float]:
+    return {"forget_verbmem": float(require_values(samples, "forget", "verbmem_rouge_l_f1", "verbmem").mean())}

@@ -1,0 +1,101 @@
+"""Every registered metric on the smoke data, the per-sample table as the only input, and the
+evaluate recipe's checks of its inputs (missing oracle/reference tables, empty splits)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+from forgetlab.config import stage_params
+from forgetlab.evaluate import score_model
+from forgetlab.metrics import EvalInputError, compute_metrics
+from forgetlab.model import load_model, load_tokenizer
+from forgetlab.recipes.evaluate import attach_reference, eval_splits, metrics_to_run, read_table
+from tests.conftest import REPO, cli_env, smoke_config
+
+
+@pytest.fixture(scope="module")
+def params():
+    return stage_params(smoke_config(), "evaluate", model="target", regularizer="none", seed=0, split="forget10")
+
+
+@pytest.fixture(scope="module")
+def samples(smoke_data, tiny_model_dir, params):
+    torch.set_num_threads(1)
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    table = score_model(model, tok, eval_splits(params, smoke_data), batch_size=64, max_new_tokens=4)
+    reference = table.assign(answer_nll=table["answer_nll"] + 0.1 * (table.index % 3))
+    return attach_reference(table, reference, "ref/samples.parquet")
+
+
+def test_every_registered_metric_runs_on_the_smoke_data(samples):
+    got = compute_metrics(None, samples, samples)
+    assert all(math.isfinite(v) for v in got.values())
+    for key in ["forget_quality", "model_utility", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus",
+                "mia_gradnorm", "mia_reference", "extraction_strength", "exact_memorization", "forget_knowmem",
+                "retain_knowmem", "forget_verbmem", "privleak", "privleak_min_k_plus_plus", "world_facts_option_prob"]:
+        assert key in got
+    assert got["forget_quality"] == 1.0 and got["privleak"] == 0.0  # a model against itself
+    for key in ["mia_loss", "mia_min_k", "mia_gradnorm", "extraction_strength", "exact_memorization"]:
+        assert 0.0 <= got[key] <= 1.0
+    assert set(samples.loc[samples.grad_norm.notna(), "split"]) == {"forget", "holdout"}
+    assert set(samples.loc[samples.verbmem_generated.notna(), "split"]) == {"forget"}
+
+
+def test_the_parquet_alone_recomputes_every_metric(samples, tmp_path):
+    samples.to_parquet(tmp_path / "samples.parquet", index=False)
+    again = pd.read_parquet(tmp_path / "samples.parquet")
+    assert compute_metrics(None, again, again) == pytest.approx(compute_metrics(None, samples, samples), abs=1e-12)
+
+
+def test_pretrained_skips_what_needs_an_oracle_other_models_fail():
+    names = ["forget_quality", "mia_loss", "mia_reference", "privleak"]
+    assert metrics_to_run(names, "pretrained", set()) == ["mia_loss"]
+    assert metrics_to_run(names, "target", {"oracle", "reference"}) == names
+    with pytest.raises(EvalInputError, match=r"'forget_quality' needs the oracle.*samples\.parquet.*no --oracle"):
+        metrics_to_run(names, "target", {"reference"})
+    with pytest.raises(EvalInputError, match=r"'mia_reference' needs the pretrained.*no --reference"):
+        metrics_to_run(names, "unlearned", {"oracle"})
+
+
+def test_missing_table_names_the_file(tmp_path):
+    with pytest.raises(EvalInputError, match=str(tmp_path / "oracle" / "samples.parquet")):
+        read_table(tmp_path / "oracle", "oracle")
+
+
+def test_reference_must_cover_forget_and_holdout(samples):
+    partial = samples[samples["split"] != "holdout"]
+    with pytest.raises(EvalInputError, match="lacks .* forget/holdout row"):
+        attach_reference(samples.drop(columns="reference_answer_nll"), partial, "ref/samples.parquet")
+
+
+def test_empty_split_file_and_empty_answer_name_the_file(smoke_data, params, tmp_path):
+    data = tmp_path / "data"
+    (data / "qa").mkdir(parents=True)
+    for f in (smoke_data / "qa").iterdir():
+        (data / "qa" / f.name).write_text(f.read_text())
+    (data / "qa" / "holdout.jsonl").write_text("")
+    with pytest.raises(EvalInputError, match=r"holdout\.jsonl is empty"):
+        eval_splits(params, data)
+    rows = [json.loads(line) for line in (smoke_data / "qa" / "holdout.jsonl").read_text().splitlines()]
+    rows[1]["answer"] = ""
+    (data / "qa" / "holdout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(EvalInputError, match=r"holdout\.jsonl: 1 row\(s\) with an empty answer"):
+        eval_splits(params, data)
+
+
+def test_cli_without_oracle_fails_in_one_line_naming_the_file(tmp_path, smoke_data, tiny_model_dir):
+    proc = subprocess.run(
+        ["forgetlab", "evaluate", "--config", str(REPO / "config" / "smoke.yaml"), "--model-dir", str(tiny_model_dir),
+         "--data", str(smoke_data), "--model", "target", "--regularizer", "none", "--seed", "0",
+         "--split", "forget10", "--out", str(tmp_path / "eval")],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "error: metric 'forget_quality' needs the oracle's per-sample table" in proc.stderr
+    assert "samples.parquet" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "eval").exists()
