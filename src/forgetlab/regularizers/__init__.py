@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from forgetlab.hooks import Hooks
 from forgetlab.registry import Registry, import_all
 
 REGULARIZERS = Registry("regularizer")
 
 
-class Regularizer:
+class Regularizer(Hooks):
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = False  # forward with output_hidden_states=True
     replaces_loss: ClassVar[bool] = False
@@ -41,35 +42,11 @@ class Regularizer:
     # before sparsity (1) re-applies its masks and before lora (2) merges its adapters
     order: ClassVar[int] = 0
 
-    def setup(self, model, ctx):
-        return model
-
-    def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        return groups
-
     def compute_loss(self, batch: dict, outputs, model):
         return None
 
     def extra_loss(self, batch: dict, outputs, model):
         return None
-
-    def before_step(self, model, step: int, optimizer) -> None:
-        pass
-
-    def after_step(self, model, step: int, optimizer) -> None:
-        pass
-
-    def finalize(self, model):
-        return model
-
-    def summary(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def check(self, others: list["Regularizer"]) -> None:
         """Raise ValueError if this regularizer cannot be combined with the others of its entry."""

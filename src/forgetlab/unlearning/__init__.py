@@ -31,39 +31,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import ClassVar
 
+from forgetlab.hooks import Hooks  # noqa: F401  (plug-ins and the trajectory import it from here)
 from forgetlab.registry import Registry, import_all
 
 METHODS = Registry("unlearning method")
 VIEWS = ("idk", "perturbed")
-
-
-class Hooks:
-    """The training loop's hooks (see forgetlab.regularizers), all no-ops by default."""
-
-    def setup(self, model, ctx):
-        return model
-
-    def param_groups(self, model, groups: list[dict]) -> list[dict]:
-        return groups
-
-    def before_step(self, model, step: int, optimizer) -> None:
-        pass
-
-    def after_step(self, model, step: int, optimizer) -> None:
-        pass
-
-    def finalize(self, model):
-        return model
-
-    def summary(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        """What changes during training (forgetlab.checkpoint); stateless by default."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class Method(Hooks):
