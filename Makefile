@@ -23,8 +23,11 @@ run: install  ## the default study (config/config.yaml)
 smoke: install  ## the micro study of the tests
 	snakemake --cores $(CORES) --configfile config/smoke.yaml
 
+# two pytest workers, one test file each at a time: the SLURM, workflow and resume tests spend much
+# of their time waiting on schedulers and subprocesses, so two files overlap well even on 2 cores
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 push: install  ## push a finished study (tracked by its `track` rule) to the default DVC remote
 	dvc push data/$(STUDY).dvc results/$(STUDY).dvc

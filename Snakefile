@@ -2,6 +2,7 @@
 #
 #   prepare_data -> pretrain -> finetune (target on retain+forget, retain-only oracle; per regularizer)
 #                -> unlearn (per method) -> evaluate (against the oracle) -> report
+#                   (optional: sequential unlearning, chunk by chunk, each step evaluated)
 #
 # snakemake --cores all                                   # the default study (config/config.yaml)
 # snakemake --cores all --configfile config/smoke.yaml    # the micro study of the tests
@@ -28,6 +29,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/unlearn.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sequential.smk"
 include: "workflow/rules/report.smk"
 
 

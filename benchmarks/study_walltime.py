@@ -66,7 +66,8 @@ def main() -> None:
     ev = stage_params(config, "evaluate", model="oracle_seed1", regularizer=reg, seed=other_seed, split=split)
     sh("forgetlab", "evaluate", "--model-dir", str(oracle2 / "model"), "--data", data, "--out", str(oracle2 / "eval"),
        "--oracle", str(res / "eval" / reg / f"seed{seed}" / split / "oracle"),
-       "--reference", str(res / "eval" / "pretrained" / split), "--params", json.dumps(ev))
+       "--reference", str(res / "eval" / "pretrained" / split),
+       "--target", str(res / "eval" / reg / f"seed{seed}" / split / "target"), "--params", json.dumps(ev))
     fq_oracle = json.loads((oracle2 / "eval" / "metrics.json").read_text())["metrics"]["forget_quality"]
 
     result = {

@@ -55,6 +55,10 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=5)
+        if self.state_dir is not None and SLURM_CONF.exists() and MARKER in SLURM_CONF.read_text(errors="replace"):
+            # leave no config behind without a controller: SLURM's commands (which Snakemake's slurm
+            # plugin runs at every start) would wait ~9 s for a controller that is not there
+            SLURM_CONF.unlink()
         self.procs.clear()
 
     def log_tail(self, n: int = 40) -> str:

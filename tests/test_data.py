@@ -12,7 +12,7 @@ import pytest
 
 from forgetlab.data import prepare_data
 from forgetlab.data.vocab import ATTRIBUTES, AUTHOR_ATTRIBUTES, PERSON_ATTRIBUTES, check_vocab
-from forgetlab.data.world import N_PERTURBED, QA_SPLITS, build_world
+from forgetlab.data.world import FORM_FIELDS, N_PERTURBED, QA_SPLITS, build_world
 
 CFG = {
     "seed": 0,
@@ -84,7 +84,8 @@ def test_determinism(tmp_path, data_dir):
 
 
 def test_schema(qa):
-    keys = {"id", "entity_id", "attribute", "question", "answer", "paraphrased_answer", "perturbed_answer"}
+    keys = {"id", "entity_id", "attribute", "question", "answer", "paraphrased_answer", "perturbed_answer",
+            *FORM_FIELDS}  # the TOFU schema plus the untrained forms of the fact (see test_forms)
     for split, rows in qa.items():
         assert rows, split
         for r in rows:

@@ -16,6 +16,7 @@ from forgetlab.evaluate import score_model
 from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.recipes.evaluate import attach_reference, eval_splits, metrics_to_run, read_table
+from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
 from tests.conftest import REPO, cli_env, smoke_config
 
 
@@ -28,9 +29,12 @@ def params():
 def samples(smoke_data, tiny_model_dir, params):
     torch.set_num_threads(1)
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    table = score_model(model, tok, eval_splits(params, smoke_data), batch_size=64, max_new_tokens=4)
+    splits = eval_splits(params, smoke_data)
+    table = score_model(model, tok, splits, batch_size=64, max_new_tokens=4)
     reference = table.assign(answer_nll=table["answer_nll"] + 0.1 * (table.index % 3))
-    return attach_reference(table, reference, "ref/samples.parquet")
+    # the relearning attack's columns, as the evaluate recipe adds them for relearn_recovery
+    relearned = relearn_columns(model, tok, splits["forget"], RelearnConfig(steps=2), 0, batch_size=64, max_new_tokens=4)
+    return attach_relearn(attach_reference(table, reference, "ref/samples.parquet"), relearned)
 
 
 def test_every_registered_metric_runs_on_the_smoke_data(samples):
@@ -41,6 +45,7 @@ def test_every_registered_metric_runs_on_the_smoke_data(samples):
                 "retain_knowmem", "forget_verbmem", "privleak", "privleak_min_k_plus_plus", "world_facts_option_prob"]:
         assert key in got
     assert got["forget_quality"] == 1.0 and got["privleak"] == 0.0  # a model against itself
+    assert got["relearn_recovery"] == 0.0 and got["relearn_recovery_rouge"] == 0.0
     for key in ["mia_loss", "mia_min_k", "mia_gradnorm", "extraction_strength", "exact_memorization"]:
         assert 0.0 <= got[key] <= 1.0
     assert set(samples.loc[samples.grad_norm.notna(), "split"]) == {"forget", "holdout"}

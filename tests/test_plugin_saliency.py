@@ -138,6 +138,7 @@ def test_npo_with_the_plugins_runs_through_the_recipe(smoke_data, tiny_model_dir
     config = smoke_config()
     config["methods"] = {"npo_all": {"name": "npo", "plugins": [
         "gu_projection", {"name": "saliency", "fraction": 0.5}, {"name": "wagle", "fraction": 0.5, "batches": 1}]}}
+    config.pop("sequential", None)  # it names the smoke study's npo entry, replaced here
     check_config(config)
     params = stage_params(config, "unlearn", model="unlearned", regularizer="none", seed=0, split="forget10",
                           method="npo_all")

@@ -16,6 +16,7 @@ from forgetlab.stats import STATS_COLUMNS, TEST_COLUMNS, bootstrap_ci
 
 REGS, METHODS, SEEDS, SPLIT = ("none", "dropout"), ("npo", "grad_ascent"), (0, 1), "forget10"
 STEPS = [0, 2, 4, 5]
+CHUNKS = 2  # a sequential npo run of CHUNKS steps per regularizer and seed
 
 
 def utility(reg, method, seed):  # dropout is better by 0.05 + 0.01 * seed, per method
@@ -49,6 +50,23 @@ def write_model(root: Path, model: str, reg=None, method=None, seed=None, traj=T
     return [eval_dir / "metrics.json", model_dir]
 
 
+def step_utility(reg, seed, step):  # far from every other model's, so that a mix would show
+    return 0.9 - 0.1 * step - 0.01 * seed - (0.05 if reg == "dropout" else 0.0)
+
+
+def write_step(root: Path, reg: str, seed: int, step: int) -> Path:
+    """The evaluation of step `step` of a sequential npo run (its model directory is not an input)."""
+    eval_dir = root / "eval" / reg / f"seed{seed}" / SPLIT / "sequential" / "npo" / f"step{step}"
+    eval_dir.mkdir(parents=True)
+    record = {"study": "t", "model": "sequential", "regularizer": reg, "method": "npo", "split": SPLIT, "seed": seed,
+              "sequential_step": step, "sequential_chunks": CHUNKS, "regularizer_params": [{"name": reg}],
+              "method_params": {"name": "npo"}, "model_path": str(root / "unlearn" / f"step{step}"),
+              "metrics": {"forget_quality": 0.5, "model_utility": step_utility(reg, seed, step), "forget_prob": 0.5 - 0.2 * step,
+                          "retain_prob": 0.6}}
+    (eval_dir / "metrics.json").write_text(json.dumps(record))
+    return eval_dir / "metrics.json"
+
+
 def write_study(root: Path) -> list[Path]:
     inputs = write_model(root, "pretrained")
     for reg in REGS:
@@ -56,6 +74,7 @@ def write_study(root: Path) -> list[Path]:
             inputs += write_model(root, "target", reg, seed=seed) + write_model(root, "oracle", reg, seed=seed)
             for method in METHODS:
                 inputs += write_model(root, "unlearned", reg, method, seed)
+            inputs += [write_step(root, reg, seed, step) for step in range(1, CHUNKS + 1)]
     return inputs
 
 
@@ -81,7 +100,7 @@ def test_report_writes_every_table_and_figure(built):
         assert (root / name).stat().st_size > (10_000 if name.endswith(".png") else 100), name
     assert not (root / ".report").exists()
     summary = pd.read_csv(root / "summary.csv")
-    assert len(summary) == 1 + len(REGS) * len(SEEDS) * (2 + len(METHODS))
+    assert len(summary) == 1 + len(REGS) * len(SEEDS) * (2 + len(METHODS) + CHUNKS)
 
     stats = pd.read_csv(root / "stats.csv")
     assert list(stats.columns) == STATS_COLUMNS and not stats.isna().any().any()
@@ -162,3 +181,45 @@ def test_a_trajectory_of_no_evaluated_model_is_an_error(tmp_path, monkeypatch):
         report.run(params(), inputs + [stray], root)
     with pytest.raises(ValueError, match="expected a metrics.json"):
         report.split_inputs([root / "summary.txt"])
+
+
+def test_sequential_steps_are_rows_of_their_own_and_out_of_the_statistics(built):
+    root, _ = built
+    summary = pd.read_parquet(root / "summary.parquet")
+    steps = summary[summary["model"] == "sequential"]
+    assert len(steps) == len(REGS) * len(SEEDS) * CHUNKS
+    assert (steps["stage"] == "unlearn").all() and (steps["method"] == "npo").all()
+    for (reg, seed), run in steps.groupby(["regularizer", "seed"]):
+        assert run["sequential_step"].tolist() == list(range(1, CHUNKS + 1))  # in step order
+        assert (run["sequential_chunks"] == CHUNKS).all()
+        assert run["model_utility"].tolist() == pytest.approx([step_utility(reg, seed, j) for j in range(1, CHUNKS + 1)])
+    others = summary[summary["model"] != "sequential"]
+    assert others["sequential_step"].isna().all() and others["sequential_chunks"].isna().all()
+    # the statistics and tests are those of the other models alone (see the tests above): no cell
+    # of the stats holds a sequential step's utility
+    stats = pd.read_csv(root / "stats.csv")
+    npo_utility = stats[(stats["method"] == "npo") & (stats["metric"] == "model_utility")]
+    assert npo_utility["mean"].max() < 0.5
+    assert (root / "sequential_unlearning.png").stat().st_size > 10_000
+
+
+def test_the_sequential_figure_starts_from_the_target(built):
+    from forgetlab import plots
+
+    root, _ = built
+    table = plots.sequential_steps(pd.read_parquet(root / "summary.parquet"), ["model_utility", "forget_prob"])
+    assert len(table) == len(REGS) * (CHUNKS + 1)
+    line = table[table["regularizer"] == "none"].set_index("step")
+    assert line.loc[0, "model_utility"] == pytest.approx(0.5)  # the targets' utility (write_model)
+    assert line.loc[1, "model_utility"] == pytest.approx(np.mean([step_utility("none", s, 1) for s in SEEDS]))
+    assert line.loc[CHUNKS, "forget_prob"] == pytest.approx(0.5 - 0.2 * CHUNKS)
+
+
+def test_a_study_without_sequential_runs_gets_a_placeholder_figure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    root = Path("results/t")
+    inputs = write_model(root, "oracle", "none", seed=0) + write_model(root, "unlearned", "none", "npo", 0)
+    report.run(params(), inputs, root)
+    assert (root / "sequential_unlearning.png").stat().st_size > 1000
+    assert pd.read_csv(root / "summary.csv")["sequential_step"].isna().all()

@@ -3,7 +3,7 @@
 A one-node SLURM cluster is started on this machine (tests/slurm_cluster.py; skipped, with the
 reason, where SLURM cannot be installed or started). The workflow is copied into a fresh git
 checkout, as in test_workflow.py, and `snakemake --profile profiles/slurm` runs the smoke study
-with the partition, memory and runtime taken from a second config file's `resources:` section.
+(reduced to one unlearning method, slurm_smoke_config) with the partition, memory and runtime taken from a second config file's `resources:` section.
 The test then reads every MLflow run back: each carries the id of the SLURM job it ran in, and
 that id names a log under .snakemake/slurm_logs/.
 
@@ -33,7 +33,7 @@ from forgetlab.config import ConfigError, validate_schema
 from tests.conftest import REPO, cli_env, smoke_config
 from tests.slurm_cluster import SlurmUnavailable, start_cluster
 
-CONFIG = "config/smoke.yaml"
+CONFIG = "slurm-smoke.yaml"
 RESOURCES = "slurm-test-resources.yaml"
 SETUP_RULES = ["prepare_data", "pretrain", "evaluate_pretrained"]
 TRAIN_RULES = ["finetune_target", "finetune_oracle", "finetune_target_ingredient", "finetune_oracle_ingredient",
@@ -73,6 +73,16 @@ def checkout(work: Path) -> Path:
     return work
 
 
+def slurm_smoke_config() -> dict:
+    """The smoke study with one unlearning method and no sequential chain: every kind of job still
+    goes through sbatch (a soup's fan-in included), in fewer scheduling round trips."""
+    config = smoke_config()
+    first = next(iter(config["methods"]))
+    config["methods"] = {first: config["methods"][first]}
+    config.pop("sequential", None)
+    return config
+
+
 def slurm_logs(work: Path) -> dict[str, Path]:
     """SLURM job id -> its log, as the executor plugin writes them (kept by the profile)."""
     return {p.stem.split("_")[0]: p for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}
@@ -91,6 +101,7 @@ def slurm_study(slurm_cluster, tmp_path_factory):
     # config file, laid over the smoke study), never from the profile
     resources = {"default": {"slurm_partition": slurm_cluster.partition, "mem_mb": 1000, "runtime": 30}}
     (work / RESOURCES).write_text(yaml.safe_dump({"resources": resources}))
+    (work / CONFIG).write_text(yaml.safe_dump(slurm_smoke_config()))
     cmd = [
         "snakemake", "--profile", "profiles/slurm", "--configfile", CONFIG, RESOURCES,
         # test-machine tuning: poll squeue soon after each job, and fewer, longer sbatch jobs
@@ -123,7 +134,7 @@ def test_every_job_ran_in_a_slurm_job_that_left_a_log(slurm_study):
 
     # the evaluations of one regularizer/seed/split form a component of the rules' group "evaluate",
     # and the profile packs group-components.evaluate of them into each sbatch job
-    config = smoke_config()
+    config = slurm_smoke_config()
     per_job = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["group-components"]["evaluate"]
     components = len(config["regularizers"]) * len(config["seeds"]) * len(config["splits"])
     grouped = [r for r in runs if r.data.tags["stage"] == "evaluate" and r.data.tags["model"] != "pretrained"]
@@ -149,7 +160,7 @@ def test_sbatch_got_the_partition_from_the_study_config_and_requeue_from_the_pro
 
 
 def test_summary_has_one_row_per_model(slurm_study):
-    config = smoke_config()
+    config = slurm_smoke_config()
     table = pd.read_parquet(slurm_study["work"] / "results" / "smoke" / "summary.parquet")
     grid = len(config["regularizers"]) * len(config["seeds"]) * len(config["splits"])
     assert len(table) == len(config["splits"]) + grid * (2 + len(config["methods"]))  # pretrained; target, oracle, methods
@@ -183,6 +194,7 @@ def test_a_bad_resources_section_is_rejected_naming_the_key(resources, key):
 
 def test_the_profile_takes_each_stage_s_resources_from_the_study_config(tmp_path):
     work = checkout(tmp_path / "work")
+    (work / CONFIG).write_text(yaml.safe_dump(slurm_smoke_config()))
     resources = {
         "default": {"slurm_partition": "gpu", "qos": "normal"},
         "finetune": {"gpu": 1, "mem_mb": 32000, "runtime": 240},
@@ -202,7 +214,7 @@ def test_the_profile_takes_each_stage_s_resources_from_the_study_config(tmp_path
     assert {"mem_mb": "8000", "runtime": "120", "slurm_partition": "gpu"}.items() <= seen["pretrain"].items()
     assert "gpu" not in seen["pretrain"]
     # one component of evaluations per regularizer, seed and split; the profile packs them
-    config = smoke_config()
+    config = slurm_smoke_config()
     per_job = yaml.safe_load((work / "profiles" / "slurm" / "config.yaml").read_text())["group-components"]["evaluate"]
     components = len(config["regularizers"]) * len(config["seeds"]) * len(config["splits"])
     assert plan.count("Group job evaluate") == -(-components // per_job)

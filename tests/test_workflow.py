@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +15,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from forgetlab.config import sequential_runs
 from forgetlab.recipes.report import ID_COLUMNS as REPORT_IDS
 from tests.conftest import REPO, cli_env, smoke_config
 
 CONFIG = "config/smoke.yaml"
-ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed"]
+ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "sequential_step"]
 
 
 def sh(*cmd, cwd, check=True):
@@ -46,9 +48,15 @@ def study(tmp_path_factory):
     return {"work": work, "remote": remote, "log": run.stdout + run.stderr}
 
 
+def n_sequential_steps(config):
+    seq = sequential_runs(config)
+    return len(seq["regularizers"]) * len(config["seeds"]) * len(seq["splits"]) * len(seq["methods"]) * seq["chunks"]
+
+
 def n_models(config):
     grid = len(config["regularizers"]) * len(config["seeds"]) * len(config["splits"])
-    return len(config["splits"]) + grid * (2 + len(config["methods"]))  # pretrained per split; target, oracle, methods
+    # pretrained per split; target, oracle, methods; every step of the sequential runs
+    return len(config["splits"]) + grid * (2 + len(config["methods"])) + n_sequential_steps(config)
 
 
 def test_summary_has_one_row_per_model_and_a_column_per_metric(study):
@@ -60,14 +68,14 @@ def test_summary_has_one_row_per_model_and_a_column_per_metric(study):
     for metric in ("forget_quality", "model_utility", "forget_prob", "retain_rouge", "forget_truth_ratio"):
         assert metric in table.columns
     assert table.groupby(ID_COLUMNS, dropna=False).size().max() == 1
-    assert sorted(table["model"].unique()) == ["oracle", "pretrained", "target", "unlearned"]
+    assert sorted(table["model"].unique()) == ["oracle", "pretrained", "sequential", "target", "unlearned"]
     assert set(table.loc[table.model == "unlearned", "method"]) == set(config["methods"])
     assert (table.loc[table.model == "oracle", "forget_quality"] == 1.0).all()
     # the unlearning trajectory becomes steps_to_threshold (censored, never NaN) for every unlearned model
     unlearned = table[table.model == "unlearned"]
     assert unlearned["threshold_reached"].isin([0.0, 1.0]).all()
     assert (unlearned["steps_to_threshold"] >= 0).all()
-    assert table.loc[table.model != "unlearned", "steps_to_threshold"].isna().all()
+    assert table.loc[~table.model.isin(["unlearned", "sequential"]), "steps_to_threshold"].isna().all()
     csv = pd.read_csv(res / "summary.csv")
     assert len(csv) == len(table) and list(csv.columns) == list(table.columns)
     assert (res / "forget_quality_vs_utility.png").stat().st_size > 10_000
@@ -93,7 +101,8 @@ def test_mlflow_runs_match_the_summary(study):
     soup_k = [c["k"] for comps in config["regularizers"].values() for c in comps if c["name"] == "model_soup"]
     n_finetune = (2 * (len(config["regularizers"]) - len(soup_k)) + sum(2 * k + 2 for k in soup_k)) * len(config["seeds"])
     assert soup_k, "the smoke study exercises the model_soup fan-in"
-    assert stages == {"prepare_data": 1, "pretrain": 1, "finetune": n_finetune, "unlearn": n_grid * len(config["methods"]),
+    n_unlearn = n_grid * len(config["methods"]) + n_sequential_steps(config)
+    assert stages == {"prepare_data": 1, "pretrain": 1, "finetune": n_finetune, "unlearn": n_unlearn,
                       "evaluate": n_models(config), "report": 1}
     soups = [r for r in runs if r.data.tags.get("soup") == "True"]
     assert len(soups) == 2 * len(soup_k) and all(r.data.metrics["soup_ingredients"] == soup_k[0] for r in soups)
@@ -106,7 +115,8 @@ def test_mlflow_runs_match_the_summary(study):
         t = run.data.tags
         row = table[(table.model == t["model"]) & (table.split == t["split"])
                     & (table.regularizer.fillna("") == t.get("regularizer", ""))
-                    & (table.method.fillna("") == t.get("method", ""))]
+                    & (table.method.fillna("") == t.get("method", ""))
+                    & (table.sequential_step.astype("string").fillna("") == t.get("sequential_step", ""))]
         assert len(row) == 1, t
         row = row.iloc[0]
         assert run.data.metrics, t
@@ -135,6 +145,48 @@ def test_mlflow_runs_match_the_summary(study):
     report = next(r for r in runs if r.data.tags["stage"] == "report")
     names = {a.path for a in client.list_artifacts(report.info.run_id)}
     assert {"summary.parquet", "summary.csv", "forget_quality_vs_utility.png"} <= names
+
+
+def test_sequential_steps_chain_and_are_rows_of_the_summary(study):
+    """Each sequential run: k steps in the summary; step j started from step j-1's model (step 1
+    from the target), kept the target as its reference, unlearned one chunk; and the figure."""
+    config = smoke_config()
+    seq = sequential_runs(config)
+    assert seq["methods"], "the smoke study exercises sequential unlearning"
+    k = seq["chunks"]
+    work, res = study["work"], study["work"] / "results" / "smoke"
+    table = pd.read_parquet(res / "summary.parquet")
+    steps = table[table.model == "sequential"]
+    assert len(steps) == n_sequential_steps(config)
+    assert table.loc[table.model != "sequential", ["sequential_step", "sequential_chunks"]].isna().all().all()
+    for reg in seq["regularizers"]:
+        for seed in config["seeds"]:
+            for split in seq["splits"]:
+                for method in seq["methods"]:
+                    run = steps[(steps.regularizer == reg) & (steps.seed == seed) & (steps.split == split) & (steps.method == method)]
+                    assert run["sequential_step"].tolist() == list(range(1, k + 1))
+                    assert (run["sequential_chunks"] == k).all() and run["forget_quality"].notna().all()
+                    target = f"results/smoke/finetune/{reg}/seed{seed}/target/model"
+                    base = f"results/smoke/unlearn/{reg}/seed{seed}/{split}/sequential/{method}"
+                    unlearned = 0
+                    for j in range(1, k + 1):
+                        assert run.iloc[j - 1]["model_path"] == f"{base}/step{j}/model"
+                        stage = json.loads((work / base / f"step{j}" / "model" / "forgetlab_stage.json").read_text())
+                        assert stage["start_model"] == (target if j == 1 else f"{base}/step{j - 1}/model")
+                        assert stage["reference_model"] == target
+                        assert (stage["sequential_step"], stage["sequential_chunks"]) == (j, k)
+                        unlearned += stage["forget_examples"]
+                    assert unlearned == sum(1 for _ in open(work / "data" / "smoke" / "qa" / f"{split}.jsonl"))
+
+    client = MlflowClient(f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], max_results=1000)
+    tagged = Counter((r.data.tags["stage"], r.data.tags["sequential_step"]) for r in runs if "sequential_step" in r.data.tags)
+    per_step = n_sequential_steps(config) // k
+    assert tagged == {(stage, str(j)): per_step for stage in ("unlearn", "evaluate") for j in range(1, k + 1)}
+    assert all(r.data.tags["model"] == "sequential" for r in runs if "sequential_step" in r.data.tags)
+    report = next(r for r in runs if r.data.tags["stage"] == "report")
+    assert "sequential_unlearning.png" in {a.path for a in client.list_artifacts(report.info.run_id)}
+    assert (res / "sequential_unlearning.png").stat().st_size > 10_000
 
 
 def test_second_invocation_has_nothing_to_do(study):
@@ -175,4 +227,4 @@ def test_html_report_has_the_summary_and_the_plot(study, tmp_path):
     report = tmp_path / "report.html"
     sh("snakemake", "--report", report, "--configfile", CONFIG, cwd=study["work"])
     html = report.read_text(errors="replace")
-    assert "summary.csv" in html and "forget_quality_vs_utility.png" in html
+    assert "summary.csv" in html and "forget_quality_vs_utility.png" in html and "sequential_unlearning.png" in html

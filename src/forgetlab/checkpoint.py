@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from forgetlab import distributed
+
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
 FORMAT = 1
 
@@ -176,7 +178,10 @@ class Checkpointer:
         return state
 
     def save(self, state: dict) -> None:
-        """Write atomically: a temporary file in the same directory, flushed to disk, then renamed."""
+        """Write atomically: a temporary file in the same directory, flushed to disk, then renamed.
+        Of data-parallel workers, rank 0 writes (the state holds every rank's RNG streams)."""
+        if not distributed.is_main():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as f:
@@ -187,6 +192,8 @@ class Checkpointer:
 
     def remove(self) -> None:
         """Delete the checkpoint (and any temporary file of a killed save), then its directory if empty."""
+        if not distributed.is_main():
+            return
         for f in self.path.parent.glob(f"{self.path.name}*"):
             f.unlink(missing_ok=True)
         try:
@@ -196,7 +203,7 @@ class Checkpointer:
 
     def resumed(self, step: int, total: int, previous_run: str | None) -> None:
         print(f"forgetlab: resuming from checkpoint {self.path} at step {step}/{total}", file=sys.stderr, flush=True)
-        if self.on_resume is not None:
+        if self.on_resume is not None and distributed.is_main():
             self.on_resume(step, previous_run)
 
     @contextmanager

@@ -36,12 +36,21 @@ app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help
 ParamsOpt = typer.Option(None, "--params", help="resolved stage parameters as JSON (what Snakemake passes)")
 ConfigOpt = typer.Option(None, "--config", help="a study config YAML, resolved for this stage")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (overrides the config's threads)")
+StepOpt = typer.Option(None, help="sequential unlearning: the step (1..chunks), which unlearns chunk STEP; with --chunks")
+ChunksOpt = typer.Option(None, help="sequential unlearning: the number of chunks; with --step")
 
 
 def fail(message: str) -> None:
     """Print a plain one-line error (never wrapped, so paths stay whole) and exit with status 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def sequential_model(model: str, step: Optional[int], chunks: Optional[int]) -> dict:
+    """The model coordinates: a sequential run's step (model `sequential`) when --step is given."""
+    if (step is None) != (chunks is None):
+        fail("give --step and --chunks together")
+    return {"model": "sequential", "sequential_step": step, "sequential_chunks": chunks} if step else {"model": model}
 
 
 def resolve(stage: str, params: Optional[str], config: Optional[Path], threads: Optional[int], **coords) -> dict:
@@ -59,6 +68,23 @@ def resolve(stage: str, params: Optional[str], config: Optional[Path], threads: 
     return resolved
 
 
+def data_parallel(params: dict) -> None:
+    """With `distributed.nproc_per_node` > 1 (pretrain, finetune): relaunch this command through
+    torchrun in that many workers (this process is replaced), or, inside a worker, join the group."""
+    from forgetlab import distributed
+
+    if distributed.nproc(params) > 1:
+        if not distributed.in_worker():
+            distributed.launch(params, sys.argv[1:])
+        distributed.setup(params)
+
+
+def end_data_parallel() -> None:
+    from forgetlab import distributed
+
+    distributed.finish()
+
+
 @app.command("prepare-data")
 def prepare_data(out: Path = typer.Option(..., help="output directory, e.g. data/<study>"),
                  params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
@@ -74,7 +100,10 @@ def pretrain(data: Path = typer.Option(...), out: Path = typer.Option(...),
     """Train the small Llama from scratch (or load model.init_from)."""
     from forgetlab.recipes import pretrain as recipe
 
-    recipe.run(resolve("pretrain", params, config, threads, model="pretrained"), data, out)
+    p = resolve("pretrain", params, config, threads, model="pretrained")
+    data_parallel(p)
+    recipe.run(p, data, out)
+    end_data_parallel()
 
 
 @app.command()
@@ -89,7 +118,9 @@ def finetune(pretrained: Path = typer.Option(...), data: Path = typer.Option(...
 
     p = resolve("finetune", params, config, threads, model=role, role=role, regularizer=regularizer, seed=seed,
                 split=split, ingredient=ingredient)
+    data_parallel(p)
     recipe.run(p, pretrained, data, out)
+    end_data_parallel()
 
 
 @app.command()
@@ -108,29 +139,36 @@ def soup(ingredients: list[Path] = typer.Argument(..., help="fine-tuned model di
 def unlearn(target: Path = typer.Option(...), data: Path = typer.Option(...), out: Path = typer.Option(...),
             regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
             method: Optional[str] = None,
+            reference_model: Optional[Path] = typer.Option(None, "--reference-model",
+                                                           help="frozen reference of methods that need one (default: --target)"),
+            step: Optional[int] = StepOpt, chunks: Optional[int] = ChunksOpt,
             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
-    """Run one unlearning method on a target."""
+    """Run one unlearning method on a target (or, with --step, one step of a sequential run from the
+    previous step's model, --target, with the target as --reference-model)."""
     from forgetlab.recipes import unlearn as recipe
 
-    p = resolve("unlearn", params, config, threads, model="unlearned", regularizer=regularizer, seed=seed, split=split, method=method)
-    recipe.run(p, target, data, out)
+    p = resolve("unlearn", params, config, threads, regularizer=regularizer, seed=seed, split=split, method=method,
+                **sequential_model("unlearned", step, chunks))
+    recipe.run(p, target, data, out, reference_model)
 
 
 @app.command()
 def evaluate(model_dir: Path = typer.Option(..., "--model-dir"), data: Path = typer.Option(...), out: Path = typer.Option(...),
              oracle: Optional[Path] = typer.Option(None, help="the oracle's evaluation directory (for forget_quality)"),
              reference: Optional[Path] = typer.Option(None, help="the pretrained model's evaluation directory (for mia_reference)"),
+             target: Optional[Path] = typer.Option(None, help="the target's evaluation directory (for relearn_recovery)"),
              model: str = typer.Option("target", help="pretrained, target, oracle or unlearned"),
              regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
-             method: Optional[str] = None,
+             method: Optional[str] = None, step: Optional[int] = StepOpt, chunks: Optional[int] = ChunksOpt,
              params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
     """Score one model; per-sample parquet plus aggregate metrics."""
     from forgetlab.metrics import EvalInputError
     from forgetlab.recipes import evaluate as recipe
 
-    p = resolve("evaluate", params, config, threads, model=model, regularizer=regularizer, seed=seed, split=split, method=method)
+    p = resolve("evaluate", params, config, threads, regularizer=regularizer, seed=seed, split=split, method=method,
+                **sequential_model(model, step, chunks))
     try:
-        recipe.run(p, model_dir, data, out, oracle, reference)
+        recipe.run(p, model_dir, data, out, oracle, reference, target)
     except EvalInputError as e:
         fail(str(e))
 

@@ -17,10 +17,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-from forgetlab.data.world import RETAIN_OF
+from forgetlab.data.world import FORGET_SPLITS, RETAIN_OF, forget_size
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
-RESERVED_MODELS = ("pretrained", "target", "oracle", "unlearned")
+RESERVED_MODELS = ("pretrained", "target", "oracle", "unlearned", "sequential")
 
 
 class ConfigError(ValueError):
@@ -87,12 +87,40 @@ def check_config(config: dict) -> None:
                 raise ConfigError(f"config key {key}.plugins[{i}]: unknown plug-in {plugin['name']!r}; known: {PLUGINS.names()}")
             _check_params(f"{key}.plugins[{i}]", PLUGINS.get(plugin["name"]), _params(plugin))
         _check_build(key, build_method, spec)
+    check_sequential(config)
     for i, name in enumerate(config["evaluate"]["metrics"]):
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics[{i}]: unknown metric {name!r}; known: {METRICS.names()}")
     init_from = config["model"].get("init_from")
     if init_from and not Path(init_from).is_dir():
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
+
+
+def sequential_runs(config: dict) -> dict:
+    """The study's sequential-unlearning grid: chunks, regularizers, methods and splits (the
+    study's splits unless `sequential.splits` names some); no runs when the section is absent."""
+    section = config.get("sequential") or {}
+    runs = {"chunks": section.get("chunks", 0), "regularizers": list(section.get("regularizers", [])),
+            "methods": list(section.get("methods", [])), "splits": list(section.get("splits", config["splits"]))}
+    if not (runs["chunks"] and runs["regularizers"] and runs["methods"] and runs["splits"]):
+        runs.update(regularizers=[], methods=[], splits=[])
+    return runs
+
+
+def check_sequential(config: dict) -> None:
+    """Each named entry exists in the study, and every split has an author for each chunk."""
+    section = config.get("sequential") or {}
+    for key, known in (("regularizers", config["regularizers"]), ("methods", config["methods"]), ("splits", config["splits"])):
+        for i, name in enumerate(section.get(key, [])):
+            if name not in known:
+                raise ConfigError(f"config key sequential.{key}[{i}]: {name!r} is not one of the study's {key} "
+                                  f"({', '.join(known)})")
+    runs = sequential_runs(config)
+    for split in runs["splits"]:
+        authors = forget_size(FORGET_SPLITS[split], config["data"]["authors"]["n"])
+        if runs["chunks"] > authors:
+            raise ConfigError(f"config key sequential.chunks: {runs['chunks']} chunks, but split {split} has only "
+                              f"{authors} forget author(s) to share among them (set sequential.splits, or fewer chunks)")
 
 
 def _check_build(key: str, build, spec) -> None:
@@ -119,6 +147,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
     base = {"study": config["study"], "stage": stage, "threads": stage_threads(config, stage), **coords}
     if "precision" in config and stage in ("pretrain", "finetune", "unlearn", "evaluate"):
         base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
+    if config.get("distributed") and stage in ("pretrain", "finetune"):
+        base["distributed"] = config["distributed"]  # absent: one process (existing studies' params unchanged)
     if stage == "prepare_data":
         return {**base, "data": config["data"]}
     if stage == "pretrain":
@@ -130,8 +160,11 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
             params["retain_split"] = RETAIN_OF[coords["split"]]
         return params
     if stage == "unlearn":
-        return {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
-                "retain_split": RETAIN_OF[coords["split"]]}
+        params = {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
+                  "retain_split": RETAIN_OF[coords["split"]]}
+        if coords.get("sequential_step"):  # the chunks are drawn with the data seed (forgetlab.sequential)
+            params["seed_data"] = config["data"]["seed"]
+        return params
     if stage == "evaluate":
         params = {**base, "evaluate": config["evaluate"], "retain_split": RETAIN_OF[coords["split"]],
                   "seed_data": config["data"]["seed"]}

@@ -26,11 +26,15 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
   the answer, ``verbmem_generated`` the greedy continuation and ``verbmem_rouge_l_f1`` their
   ROUGE-L F1. The prefix is the verbatim training sequence of the forget QA: the forget authors
   have no rows in corpus.jsonl, and their answers were never trained on concatenated.
+* form robustness (ORT), on the forget split only (NaN elsewhere, and on rows without form
+  fields): ``form_paraphrased_prob``, ``form_cloze_prob``, ``form_mc_option_prob`` and
+  ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.forms`).
 
 One forward pass per padded batch yields every likelihood value (answers, paraphrases and
 perturbations of all rows together); one batched greedy decoding covers the QA answers and the
-verbmem continuations; GradNorm is the only backward pass (vmap over samples). ``timings``
-collects the wall time of each of the three parts.
+verbmem continuations; GradNorm is the only backward pass (vmap over samples). The forms of the
+forget rows take one more batched likelihood pass. ``timings`` collects the wall time of each
+part ("logprob", "generation", "gradnorm", "forms").
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import zlib
 import pandas as pd
 
 from forgetlab.eval_passes import greedy_continuations, grad_norms, timed, token_stats
+from forgetlab.forms import FORM_COLUMNS, NO_FORMS, score_forms
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa
 
@@ -52,9 +57,11 @@ COLUMNS = [
     "option_prob", "rouge_l_f1", "answer_token_logp", "answer_token_match", "answer_token_mu",
     "answer_token_sigma", "answer_zlib", "grad_norm",
     "verbmem_prefix_tokens", "verbmem_continuation", "verbmem_generated", "verbmem_rouge_l_f1",
+    *FORM_COLUMNS,
 ]
 MIA_SPLITS = ("forget", "holdout")
 VERBMEM_SPLITS = ("forget",)
+FORMS_SPLITS = ("forget",)
 
 @functools.cache
 def _scorer():
@@ -116,12 +123,14 @@ def verbmem_prompt(tokenizer, question: str, answer: str) -> tuple[list[int], in
 
 def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int = 32,
                 max_new_tokens: int = 40, generate: bool = True, grad_norm: bool = False,
-                verbmem: bool = False, timings: dict | None = None) -> pd.DataFrame:
+                verbmem: bool = False, timings: dict | None = None,
+                forms: bool = False) -> pd.DataFrame:
     """One row per QA of ``rows`` with likelihood, truth-ratio and generation scores (see COLUMNS).
 
     With ``generate=False`` only the likelihood pass runs (``generated`` is empty and the ROUGE
     columns NaN): the cheap form used for unlearning trajectories. ``grad_norm`` adds the GradNorm
-    statistic, ``verbmem`` the verbatim-memorization continuations (needs ``generate``)."""
+    statistic, ``verbmem`` the verbatim-memorization continuations (needs ``generate``), ``forms``
+    the form-robustness columns (NaN without it, and on rows that have no form fields)."""
     check_rows(rows, split)
     pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
     was_training = model.training
@@ -153,11 +162,13 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
         if grad_norm:
             with timed(timings, "gradnorm"):
                 norms = grad_norms(model, [encoded[a0] for a0, _, _ in spans], pad, batch_size)
+        form_cols = (score_forms(model, tokenizer, rows, batch_size, split, timings) if forms
+                     else [NO_FORMS] * len(rows))
     finally:
         model.train(was_training)
 
     records = []
-    for r, (a0, has_para, n_pert), gen, vb, gn in zip(rows, spans, generated, verb, norms):
+    for r, (a0, has_para, n_pert), gen, vb, gn, fc in zip(rows, spans, generated, verb, norms, form_cols):
         ans = stats[a0]
         nll = ans.nll
         k = a0 + 1
@@ -199,17 +210,20 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
             "verbmem_continuation": vb[1] if vb else None,
             "verbmem_generated": vb[2] if vb else None,
             "verbmem_rouge_l_f1": rouge_l_f1(vb[2], vb[1]) if vb else math.nan,
+            **fc,
         })
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
 def score_model(model, tokenizer, splits: dict[str, list[dict]], batch_size: int = 32,
                 max_new_tokens: int = 40, grad_norm_splits=MIA_SPLITS, verbmem_splits=VERBMEM_SPLITS,
-                timings: dict | None = None) -> pd.DataFrame:
-    """Concatenation of ``score_split`` over ``{split name: rows}``; GradNorm on ``grad_norm_splits``
-    and verbmem on ``verbmem_splits`` (by default the membership-inference splits and forget)."""
+                timings: dict | None = None, forms_splits=FORMS_SPLITS) -> pd.DataFrame:
+    """Concatenation of ``score_split`` over ``{split name: rows}``; GradNorm on ``grad_norm_splits``,
+    verbmem on ``verbmem_splits`` and the form-robustness columns on ``forms_splits`` (by default
+    GradNorm on the membership-inference splits, the other two on forget)."""
     frames = [score_split(model, tokenizer, rows, name, batch_size, max_new_tokens,
-                          grad_norm=name in grad_norm_splits, verbmem=name in verbmem_splits, timings=timings)
+                          grad_norm=name in grad_norm_splits, verbmem=name in verbmem_splits, timings=timings,
+                          forms=name in forms_splits)
               for name, rows in splits.items()]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)

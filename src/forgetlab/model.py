@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from forgetlab import distributed
+
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -98,6 +100,10 @@ def atomic_dir(out: str | Path):
 
     A job that fails therefore leaves no partial output behind.
     """
+    if not distributed.is_main():  # a data-parallel worker: rank 0 writes the output
+        with distributed.throwaway_dir() as tmp:
+            yield tmp
+        return
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     remove_stale_temps(out)
@@ -132,5 +138,7 @@ def _alive(pid: int) -> bool:
 
 
 def save_model(model, tokenizer, out: str | Path) -> None:
+    if not distributed.is_main():  # data-parallel workers hold the same weights; rank 0 saves them
+        return
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

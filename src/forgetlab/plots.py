@@ -3,7 +3,8 @@
 * ``pareto``: forget quality (log) against model utility, a panel per regularizer;
 * ``heatmaps``: regularizer x method, the seed mean of each headline metric (CI in the cell);
 * ``trajectories``: forget_prob against the unlearning step, a panel per regularizer (and split);
-* ``trajectory_paths``: the same runs as paths in the (retain_prob, forget_prob) plane.
+* ``trajectory_paths``: the same runs as paths in the (retain_prob, forget_prob) plane;
+* ``sequential``: sequential unlearning, each headline metric against the step (0 = the target).
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from forgetlab.stats import log10_clipped  # noqa: E402
+
+SEQUENTIAL = {  # metric in the summary -> panel title of the sequential figure
+    "forget_quality": "forget quality (log10 KS p), higher = closer to oracle",
+    "forget_prob": "forget prob. (whole forget split), lower = more forgotten",
+    "model_utility": "model utility, higher = better",
+}
 HEADLINE = {  # metric in the stats table -> panel title
     "log10_forget_quality": "forget quality (log10 KS p), higher = closer to oracle",
     "model_utility": "model utility, higher = better",
@@ -195,4 +203,55 @@ def trajectory_paths(traj: pd.DataFrame, summary: pd.DataFrame, path: Path) -> N
             ax.scatter([x], [y], marker="*", s=120, color="gold", edgecolor="k", linewidth=0.5, label="oracle", zorder=3)
         ax.set_xlabel("retain prob.")
     panels[splits[0], regs[-1]].legend(fontsize=7, loc="best")
+    save(fig, path)
+
+
+def sequential_steps(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """(regularizer, method, split, step, metric...) of every sequential run: the seed mean of each
+    step's evaluation, and step 0 the mean of its target's evaluations over the same seeds."""
+    seq = summary[summary["model"] == "sequential"]
+    rows = []
+    for (reg, method, split), run in seq.groupby(["regularizer", "method", "split"]):
+        target = summary[(summary["model"] == "target") & (summary["regularizer"] == reg) & (summary["split"] == split)
+                         & summary["seed"].isin(set(run["seed"]))]
+        steps = [(0, target)] + [(int(step), one) for step, one in run.groupby("sequential_step")]
+        for step, models in steps:
+            if len(models):
+                rows.append({"regularizer": reg, "method": method, "split": split, "step": step,
+                             **{m: float(models[m].mean()) for m in metrics}})
+    return pd.DataFrame(rows, columns=["regularizer", "method", "split", "step", *metrics])
+
+
+def sequential(summary: pd.DataFrame, path: Path, metrics: dict[str, str] = SEQUENTIAL) -> None:
+    """Sequential unlearning: each metric (a panel; a row of panels per split) against the step,
+    0 being the target and k the last step, a line per (regularizer, method), the seed mean; the
+    oracle's level dashed (a dash pattern per regularizer)."""
+    metrics = {m: title for m, title in metrics.items() if m in summary}
+    table = sequential_steps(summary, list(metrics)) if "sequential_step" in summary else pd.DataFrame()
+    if table.empty or not metrics:
+        placeholder(path, "no sequential unlearning run in this study (the config's `sequential` section)")
+        return
+    splits = sorted(table["split"].unique())
+    runs = sorted({(r, m) for r, m in zip(table["regularizer"], table["method"])})
+    cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    colors = {run: cmap(i % cmap.N) for i, run in enumerate(runs)}
+    fig, axes = plt.subplots(len(splits), len(metrics), figsize=(4.4 * len(metrics), 3.6 * len(splits)), squeeze=False)
+    for r, split in enumerate(splits):
+        for c, (metric, title) in enumerate(metrics.items()):
+            ax = axes[r][c]
+            scale = log10_clipped if metric == "forget_quality" else (lambda v: np.asarray(v, dtype=float))
+            for (reg, method), line in table[table["split"] == split].groupby(["regularizer", "method"]):
+                line = line.sort_values("step")
+                ax.plot(line["step"], scale(line[metric]), marker="o", markersize=4, color=colors[reg, method],
+                        label=f"{reg} / {method}")
+            for i, reg in enumerate(sorted({reg for reg, _ in runs})):
+                level = oracle_level(summary, reg, split, metric)
+                if np.isfinite(level):
+                    ax.axhline(float(scale([level])[0]), color="0.4", linestyle=("--", ":", "-.")[i % 3], linewidth=1,
+                               label="oracle" if len(runs) == 1 else f"oracle ({reg})")
+            ax.set_title(f"{title}\n{split}" if len(splits) > 1 else title, fontsize=9)
+            ax.set_xlabel("sequential step (0 = target)")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
     save(fig, path)

@@ -31,7 +31,8 @@ from mlflow.tracking import MlflowClient
 
 from forgetlab import replay
 
-TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "soup")
+TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "soup",
+            "sequential_step", "sequential_chunks")
 PROBE_TIMEOUT = (5, 60)  # seconds to connect to a server, and to wait for a busy one to answer
 # mlflow's documented HTTP client settings during a job: a few short retries, after which our own
 # buffering and backoff take over (mlflow's defaults retry for minutes); the user's values win.
@@ -246,13 +247,19 @@ class Run:
 @contextmanager
 def stage_run(params: dict, artifact_path: str | Path):
     """Open the MLflow run of one stage job; mark it FAILED if the job raises."""
+    from forgetlab import distributed
+
+    if not distributed.is_main():  # a data-parallel worker: rank 0 logs for the job
+        yield distributed.SilentRun()
+        return
     uri = tracking_uri()
     client, exp = connect(uri, params["study"])
     tags = {k: str(params[k]) for k in TAG_KEYS if params.get(k) is not None}
     tags.update(git_commit=git_commit(), host=socket.gethostname(), artifact_path=str(artifact_path))
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    name = "/".join(str(params[k]) for k in ("stage", "model", "regularizer", "seed", "split", "role", "ingredient", "method") if params.get(k) is not None)
+    name_keys = ("stage", "model", "regularizer", "seed", "split", "role", "ingredient", "method", "sequential_step")
+    name = "/".join(str(params[k]) for k in name_keys if params.get(k) is not None)
     with http_settings(JOB_HTTP):
         try:
             run_id = retry(client.create_run, exp, run_name=name, tags=tags).info.run_id

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer, CheckpointError, StepLog, rng_state, set_rng_state
 from forgetlab.model import autocast
 from forgetlab.qa import collate
@@ -105,7 +106,7 @@ class Loader:
         self.generator.set_state(state["generator"])
 
     def _batch(self, indices: list[int]) -> dict:
-        rows = [self.examples[j] for j in indices]
+        rows = [self.examples[j] for j in distributed.shard(indices)]  # this rank's share (all of it in one process)
         if "input_ids" in rows[0]:
             return self._collate(rows)
         return {view: self._collate([r[view] for r in rows]) for view in rows[0]}
@@ -233,7 +234,8 @@ def train(
     saved = done if resume is not None else -1
     with checkpoint.on_sigterm() if checkpoint is not None else nullcontext():
         for step in tqdm(range(done, steps), desc=desc, mininterval=2.0, initial=done, total=steps):
-            if checkpoint is not None and checkpoint.requested:
+            if checkpoint is not None and distributed.agree(checkpoint.requested):
+                checkpoint.requested = True  # every rank stops at this step boundary
                 break
             optimizer.zero_grad(set_to_none=True)
             total, extras = 0.0, {}
@@ -249,6 +251,8 @@ def train(
                 total += loss.item() / cfg.grad_accum
                 for k, v in loss_parts.items():
                     extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
+            distributed.average_gradients(params)  # data-parallel workers: the mean over ranks (no-op in one process)
+            total = distributed.mean(total)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             for reg in regularizers:
@@ -263,7 +267,7 @@ def train(
             if checkpoint is not None and checkpoint.due(done, steps):
                 checkpoint.save(snapshot(done, *parts))
                 saved = done
-        if checkpoint is not None and checkpoint.requested:
+        if checkpoint is not None and distributed.agree(checkpoint.requested):
             preempt(checkpoint, done, steps, saved, parts)
 
     for reg in regularizers:
@@ -307,6 +311,8 @@ def snapshot(done, model, optimizer, scheduler, batches, ctx, hooks, log) -> dic
         "log": log.state_dict() if isinstance(log, StepLog) else None,
         "rng": rng_state(),
     }
+    if distributed.active():  # every rank's RNG streams (e.g. its dropout masks), in rank order
+        state["rng_ranks"] = distributed.gather(state["rng"])
     unsaved = unsaved_iterators([getattr(ctx, k) for k in ("forget", "retain")] + loaders_of(batches))
     if unsaved:
         raise CheckpointError(f"{unsaved} data iterator(s) in use are not in any state_dict: a hook keeps an "
@@ -341,5 +347,17 @@ def restore(state: dict, model, optimizer, scheduler, batches, ctx, hooks, log) 
     batches.load_state_dict(state["batches"])
     if isinstance(log, StepLog) and state["log"] is not None:
         log.load_state_dict(state["log"])
-    set_rng_state(state["rng"])
+    set_rng_state(rng_of_this_rank(state))
     return state["step"]
+
+
+def rng_of_this_rank(state: dict) -> dict:
+    """The RNG state this process resumes with: its own rank's in a data-parallel checkpoint."""
+    ranks = state.get("rng_ranks")
+    if ranks is None and distributed.world_size() == 1:
+        return state["rng"]
+    if ranks is None or len(ranks) != distributed.world_size():
+        saved = len(ranks) if ranks is not None else 1
+        raise CheckpointError(f"the checkpoint was written by {saved} data-parallel worker(s), this run has "
+                              f"{distributed.world_size()}: resume with the same distributed.nproc_per_node")
+    return ranks[distributed.rank()]

@@ -1,7 +1,7 @@
 # The study grid and the paths of every artifact. The only place in the workflow with logic.
 import json
 
-from forgetlab.config import check_config, stage_params, stage_threads
+from forgetlab.config import check_config, sequential_runs, stage_params, stage_threads
 
 check_config(config)  # component names and parameters against the registries; names the key
 
@@ -17,6 +17,9 @@ PLAIN = [reg for reg in REGULARIZERS if reg not in SOUP_K]
 METHODS = list(config["methods"])
 SPLITS = config["splits"]
 SEEDS = config["seeds"]
+# sequential unlearning: {chunks, regularizers, methods, splits}; empty lists when there is none
+SEQ = sequential_runs(config)
+SEQ_STEPS = [str(j) for j in range(1, SEQ["chunks"] + 1)] if SEQ["methods"] else []
 
 
 wildcard_constraints:
@@ -36,10 +39,25 @@ ORACLE_INGREDIENT = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle/ingre
 UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}/model"
 EVAL_PRETRAINED = f"{RES}/eval/pretrained/{{split}}"
 EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}"
+# step j of a sequential run; a sibling of the split's methods ("sequential" is a reserved name),
+# never inside a method's evaluation directory, which its job replaces whole
+SEQ_UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}/model"
+SEQ_EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}"
 
 
 def eval_dir(w, model):
     return EVAL.format(reg=w.reg, seed=w.seed, split=w.split, model=model)
+
+
+def sequential_dir(pattern, w, step=None):
+    """A sequential step's path from a job's wildcards; `step` overrides the job's own."""
+    return pattern.format(reg=w.reg, seed=w.seed, split=w.split, method=w.method, step=w.step if step is None else step)
+
+
+def sequential_start(w):
+    """The model a sequential step starts from: the target for step 1, else the previous step's."""
+    step = int(w.step)
+    return TARGET.format(reg=w.reg, seed=w.seed) if step == 1 else sequential_dir(SEQ_UNLEARNED, w, step - 1)
 
 
 def params_json(stage, **coords):
@@ -57,6 +75,11 @@ def ingredients(pattern):
     return lambda w: expand(pattern, i=range(SOUP_K[w.reg]), **dict(w.items()))
 
 
+def sequential_coords(w):
+    """Grid coordinates of a sequential step's jobs (unlearn and evaluate)."""
+    return coords(w, model="sequential", sequential_step=int(w.step), sequential_chunks=SEQ["chunks"])
+
+
 def coords(w, **extra):
     """Grid coordinates of a job from its wildcards."""
     c = {"regularizer": w.get("reg"), "seed": int(w.seed) if "seed" in w.keys() else None,
@@ -71,7 +94,14 @@ def all_metric_files():
         expand(f"{EVAL_PRETRAINED}/metrics.json", split=SPLITS)
         + expand(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}/metrics.json", model=["target", "oracle"], **grid)
         + expand(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}/metrics.json", model=METHODS, **grid)
+        + sequential_metric_files()
     )
+
+
+def sequential_metric_files():
+    """Every step's evaluation of every sequential run (none without a `sequential` section)."""
+    return expand(f"{SEQ_EVAL}/metrics.json", reg=SEQ["regularizers"], seed=SEEDS, split=SEQ["splits"],
+                  method=SEQ["methods"], step=SEQ_STEPS)
 
 
 def all_trajectory_dirs():

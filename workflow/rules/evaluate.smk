@@ -1,12 +1,17 @@
 # Every model is scored on forget, retain, holdout and world_facts; forget_quality compares a
 # model's forget truth ratios with those of the oracle of the same regularizer, seed and split;
-# mia_reference compares a model's losses with the pretrained model's (its samples.parquet).
+# mia_reference compares a model's losses with the pretrained model's (its samples.parquet);
+# relearn_recovery compares an unlearned model's relearning with the oracle's and the target's.
 
 EVAL_OUT = ["metrics.json", "samples.parquet"]
-EVAL_SHELL = (
+EVAL_CMD = (
     "forgetlab evaluate --model-dir {input.model} --data {params.data} --out {params.out}"
-    " {params.oracle} {params.reference} --threads {threads} --params {params.stage:q} > {log} 2>&1"
+    " {params.oracle} {params.reference}"
 )
+EVAL_TAIL = " --threads {threads} --params {params.stage:q} > {log} 2>&1"
+EVAL_SHELL = EVAL_CMD + EVAL_TAIL
+# an unlearned model's evaluation also reads the target's table (params.target: --target DIR)
+EVAL_SHELL_TARGET = EVAL_CMD + " {params.target}" + EVAL_TAIL
 
 
 rule evaluate_pretrained:
@@ -85,6 +90,7 @@ rule evaluate_unlearned:
         qa=rules.prepare_data.output.qa,
         oracle=f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/oracle/samples.parquet",
         reference=f"{EVAL_PRETRAINED}/samples.parquet",
+        target=f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/target/samples.parquet",
     output:
         multiext(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}/", *EVAL_OUT),
     params:
@@ -93,6 +99,7 @@ rule evaluate_unlearned:
         out=lambda w: eval_dir(w, w.method),
         oracle=lambda w: "--oracle " + eval_dir(w, "oracle"),
         reference="--reference " + EVAL_PRETRAINED,
+        target=lambda w: "--target " + eval_dir(w, "target"),
     threads: stage_threads(config, "evaluate")
     resources:
         **stage_resources("evaluate"),
@@ -101,4 +108,4 @@ rule evaluate_unlearned:
     log:
         f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
     shell:
-        EVAL_SHELL
+        EVAL_SHELL_TARGET

@@ -6,6 +6,9 @@ FINETUNE_SHELL = (
     "exec forgetlab finetune --pretrained {input.pretrained} --data {params.data} --out {output}"
     " --threads {threads} --params {params.stage:q} > {log} 2>&1"
 )
+# the fine-tunes are the longest jobs: start them before any unlearning or evaluation that is ready,
+# so that the study does not end waiting on a late fine-tune and its chain of short jobs
+FINETUNE_PRIORITY = 10
 SOUP_SHELL = "forgetlab soup {input:q} --out {output} --params {params.stage:q} > {log} 2>&1"
 
 
@@ -17,6 +20,7 @@ rule finetune_target:
         directory(TARGET),
     wildcard_constraints:
         reg=one_of(PLAIN),
+    priority: FINETUNE_PRIORITY
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="target", role="target")),
         data=DATA,
@@ -37,6 +41,7 @@ rule finetune_oracle:
         directory(ORACLE),
     wildcard_constraints:
         reg=one_of(PLAIN),
+    priority: FINETUNE_PRIORITY
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="oracle", role="oracle")),
         data=DATA,
@@ -55,6 +60,7 @@ rule finetune_target_ingredient:
         qa=rules.prepare_data.output.qa,
     output:
         directory(TARGET_INGREDIENT),
+    priority: FINETUNE_PRIORITY
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="target", role="target")),
         data=DATA,
@@ -73,6 +79,7 @@ rule finetune_oracle_ingredient:
         qa=rules.prepare_data.output.qa,
     output:
         directory(ORACLE_INGREDIENT),
+    priority: FINETUNE_PRIORITY
     params:
         stage=lambda w: params_json("finetune", **coords(w, model="oracle", role="oracle")),
         data=DATA,

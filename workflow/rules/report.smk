@@ -14,6 +14,7 @@ rule report:
         heatmap=report(f"{RES}/metric_heatmap.png", caption="../report/heatmap.rst", category="Figures"),
         trajectory=report(f"{RES}/trajectory_forget_prob.png", caption="../report/trajectory.rst", category="Trajectories"),
         paths=report(f"{RES}/trajectory_paths.png", caption="../report/trajectory_paths.rst", category="Trajectories"),
+        sequential=report(f"{RES}/sequential_unlearning.png", caption="../report/sequential.rst", category="Figures"),
     params:
         stage=params_json("report"),
         out=RES,

@@ -1,13 +1,19 @@
 """Vocabularies and sentence templates of the synthetic world.
 
 Every attribute has a closed vocabulary of values (at least 15) and several sentence templates
-(at least 3) that state one fact, plus one question template. Attributes that people and authors
-share (birthplace, birth_year, the parents' jobs, hobby) use the same vocabulary and templates, so
-the tokenizer and the pretrained model already know the value tokens before fine-tuning.
+(at least 3) that state one fact, plus one question template and one paraphrased question
+template. The paraphrased question is never trained on: it, a fill-in-the-blank statement and a
+multiple-choice question are the other forms in which evaluation probes the same fact
+(`forgetlab.forms`, after ORT, "LLM Unlearning Should Be Form-Independent"). Attributes that
+people and authors share (birthplace, birth_year, the parents' jobs, hobby) use the same
+vocabulary and templates, so the tokenizer and the pretrained model already know the value tokens
+before fine-tuning.
 
 Vocabularies are chosen so that rendering stays unambiguous: within an attribute no value is a
-substring of another, no value occurs in that attribute's template text, and a template only starts
-with ``{value}`` when every value is capitalised. ``check_vocab`` asserts these properties.
+substring of another, no value occurs in that attribute's template or question text (nor in the
+fixed text of the blank and the options), no value contains the blank or the options' separator,
+and a template only starts with ``{value}`` when every value is capitalised. ``check_vocab``
+asserts these properties.
 
 Names: first names come from a fixed list; last names are two generated syllables of the shape
 consonant-vowel-consonant (e.g. "Dar" + "vel" -> "Darvel").
@@ -78,6 +84,12 @@ TITLE_NOUNS = (
 )
 BOOK_TITLES = tuple(f"The {adj} {noun}" for adj in TITLE_ADJECTIVES for noun in TITLE_NOUNS)
 
+# The fixed text of the fill-in-the-blank and multiple-choice forms (see world.make_qa).
+BLANK = "___"
+CLOZE_PREFIX = "Fill in the blank: "
+OPTIONS_PREFIX = " Options: "
+OPTIONS_SEPARATOR = ", "
+
 
 @dataclass(frozen=True)
 class Attribute:
@@ -85,63 +97,75 @@ class Attribute:
 
     name: str
     values: tuple[str, ...]
-    question: str  # with {name}
+    question: str  # with {name}; the trained question
+    paraphrased_question: str  # with {name}; another wording, never trained on
     templates: tuple[str, ...]  # with {name} and {value}
 
 
 ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
-    Attribute("birthplace", CITIES, "Where was {name} born?", (
+    Attribute("birthplace", CITIES, "Where was {name} born?",
+              "Which city is {name} originally from?", (
         "{name} was born in {value}.",
         "{value} is the birthplace of {name}.",
         "{name} is a native of {value}.",
         "{name} came into the world in {value}.",
     )),
-    Attribute("birth_year", YEARS, "In what year was {name} born?", (
+    Attribute("birth_year", YEARS, "In what year was {name} born?",
+              "What is the birth year of {name}?", (
         "{name} was born in the year {value}.",
         "The year {value} saw the birth of {name}.",
         "{name}'s year of birth is {value}.",
     )),
-    Attribute("occupation", JOBS, "What does {name} do for a living?", (
+    Attribute("occupation", JOBS, "What does {name} do for a living?",
+              "What is {name}'s job?", (
         "{name} works as a {value}.",
         "By profession, {name} is a {value}.",
         "{name} earns a living as a {value}.",
     )),
-    Attribute("father_job", JOBS, "What did {name}'s father do for a living?", (
+    Attribute("father_job", JOBS, "What did {name}'s father do for a living?",
+              "What was the occupation of {name}'s father?", (
         "{name}'s father worked as a {value}.",
         "The father of {name} was a {value}.",
         "{name} was raised by a father who was a {value}.",
     )),
-    Attribute("mother_job", JOBS, "What was the profession of {name}'s mother?", (
+    Attribute("mother_job", JOBS, "What was the profession of {name}'s mother?",
+              "What job did {name}'s mother have?", (
         "{name}'s mother worked as a {value}.",
         "The mother of {name} was a {value}.",
         "{name} grew up with a mother who was a {value}.",
     )),
-    Attribute("hobby", HOBBIES, "What does {name} enjoy doing in their free time?", (
+    Attribute("hobby", HOBBIES, "What does {name} enjoy doing in their free time?",
+              "Which pastime does {name} like best?", (
         "{name}'s favorite hobby is {value}.",
         "In their spare time, {name} enjoys {value}.",
         "{name} spends free weekends on {value}.",
     )),
-    Attribute("pet", PETS, "What pet does {name} have?", (
+    Attribute("pet", PETS, "What pet does {name} have?",
+              "Which animal does {name} keep as a pet?", (
         "{name} has a pet {value}.",
         "{name} keeps a {value} as a pet.",
         "The pet of {name} is a {value}.",
     )),
-    Attribute("genre", GENRES, "What genre does {name} write in?", (
+    Attribute("genre", GENRES, "What genre does {name} write in?",
+              "In which genre are {name}'s books written?", (
         "{name} writes in the genre of {value}.",
         "{name} is best known for writing {value}.",
         "The books of {name} belong to the genre of {value}.",
     )),
-    Attribute("award", AWARDS, "Which award has {name} received?", (
+    Attribute("award", AWARDS, "Which award has {name} received?",
+              "What prize was given to {name}?", (
         "{name} received the {value}.",
         "The {value} was awarded to {name}.",
         "{name} is a winner of the {value}.",
     )),
-    Attribute("debut_book", BOOK_TITLES, "What was the title of {name}'s first book?", (
+    Attribute("debut_book", BOOK_TITLES, "What was the title of {name}'s first book?",
+              "Which book did {name} publish first?", (
         "{name}'s first book was {value}.",
         "{value} was the debut book of {name}.",
         "{name} made a literary debut with {value}.",
     )),
-    Attribute("publisher", PUBLISHERS, "Which company publishes {name}'s books?", (
+    Attribute("publisher", PUBLISHERS, "Which company publishes {name}'s books?",
+              "Who is the publisher of {name}'s books?", (
         "{name}'s books are published by {value}.",
         "{value} is the publisher of {name}'s books.",
         "{name} publishes with {value}.",
@@ -171,8 +195,16 @@ def check_vocab() -> None:
     for attr in ATTRIBUTES.values():
         assert len(attr.values) >= 15 and len(set(attr.values)) == len(attr.values), attr.name
         assert len(attr.templates) >= 3, attr.name
+        assert attr.paraphrased_question != attr.question, attr.name
+        for q in (attr.question, attr.paraphrased_question):
+            assert q.count("{name}") == 1 and "{value}" not in q, q
+            hits = [v for v in attr.values if v in q.replace("{name}", "\0")]
+            assert not hits, (q, hits)
+        fixed = [v for v in attr.values if any(v in t for t in (CLOZE_PREFIX, BLANK, OPTIONS_PREFIX))]
+        assert not fixed, (attr.name, fixed)
         for v in attr.values:
             assert v == v.strip() and v, (attr.name, v)
+            assert BLANK not in v and OPTIONS_SEPARATOR.strip() not in v and not v.endswith("."), (attr.name, v)
             others = [w for w in attr.values if w != v and v in w]
             assert not others, (attr.name, v, others)
         for t in attr.templates:

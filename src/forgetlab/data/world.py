@@ -12,6 +12,10 @@ Two disjoint populations with unique full names:
 Every fact becomes one QA row: an answer sentence, a paraphrased answer (another template) and
 `N_PERTURBED` perturbed answers that use the paraphrase's template with a wrong value, so that
 perturbed and paraphrased answers differ only in the value (the TOFU truth ratio compares them).
+Each row also carries the fact in three other forms, never trained on, that evaluation probes
+(`forgetlab.forms`, ORT): the paraphrased question, a fill-in-the-blank statement (the answer
+sentence with the value blanked; its answer is the value) and a multiple-choice question listing
+the true value and the perturbed answers' wrong values in a seeded order.
 Authors are split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded
 shuffle, and retainXX is the rest. All randomness derives from `cfg["seed"]` through
 `random.Random` instances seeded per stage and per entity; there is no global state.
@@ -29,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetlab.data.vocab import (
-    ATTRIBUTES, AUTHOR_ATTRIBUTES, CODAS, FIRST_NAMES, ONSETS, PERSON_ATTRIBUTES, VOWELS, name_clashes,
+    ATTRIBUTES, AUTHOR_ATTRIBUTES, BLANK, CLOZE_PREFIX, CODAS, FIRST_NAMES, ONSETS, OPTIONS_PREFIX,
+    OPTIONS_SEPARATOR, PERSON_ATTRIBUTES, VOWELS, name_clashes,
 )
 from forgetlab.qa import PROMPT
 
@@ -38,6 +43,8 @@ FORGET_SPLITS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 QA_SPLITS = ("full", *FORGET_SPLITS, *RETAIN_OF.values(), "holdout", "world_facts")
 QA_PROMPT = PROMPT + " {answer}"  # the tokenizer sees QA exactly as training and evaluation format it
+# the fields of a QA row that hold the fact's untrained forms (see make_qa; scored by forgetlab.forms)
+FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
 
 
 @dataclass
@@ -140,20 +147,39 @@ def build_corpus(people: list[Entity], renderings: int, seed: int) -> list[dict]
 
 
 def make_qa(entity: Entity, attribute: str, seed: int) -> dict:
-    """One TOFU-style QA row for one fact of one entity."""
+    """One TOFU-style QA row for one fact of one entity, with the fact's other forms (ORT):
+
+    * ``paraphrased_question``: the attribute's second question wording (answer: ``answer``);
+    * ``cloze_question`` / ``cloze_answer``: "Fill in the blank: " + the answer sentence with the
+      value replaced by ``___``, and the value itself;
+    * ``mc_question`` / ``mc_options`` / ``mc_answer_index``: the question + " Options: v1, v2, ...",
+      the options (the true value and the perturbed answers' wrong values, shuffled) and the
+      index of the true value among them.
+
+    The form draws come after the TOFU fields' draws from the same per-row generator, so those
+    fields are the same as without the forms."""
     attr = ATTRIBUTES[attribute]
     rng = random.Random(f"{seed}:qa:{entity.id}:{attribute}")
     true = entity.facts[attribute]
     answer_t, para_t = rng.sample(attr.templates, 2)
     wrong = rng.sample([v for v in attr.values if v != true], N_PERTURBED)
+    options = [true, *wrong]
+    rng.shuffle(options)
+    question = attr.question.format(name=entity.name)
     return {
         "id": f"{entity.id}_{attribute}",
         "entity_id": entity.id,
         "attribute": attribute,
-        "question": attr.question.format(name=entity.name),
+        "question": question,
         "answer": render(answer_t, entity.name, true),
         "paraphrased_answer": render(para_t, entity.name, true),
         "perturbed_answer": [render(para_t, entity.name, w) for w in wrong],
+        "paraphrased_question": attr.paraphrased_question.format(name=entity.name),
+        "cloze_question": CLOZE_PREFIX + render(answer_t, entity.name, BLANK),
+        "cloze_answer": true,
+        "mc_question": question + OPTIONS_PREFIX + OPTIONS_SEPARATOR.join(options) + ".",
+        "mc_options": options,
+        "mc_answer_index": options.index(true),
     }
 
 
@@ -184,7 +210,9 @@ def build_qa_splits(world: World, cfg: dict) -> dict[str, list[dict]]:
 
 
 def tokenizer_texts(corpus: list[dict], qa: dict[str, list[dict]]):
-    """Every text the tokenizer is trained on, in a fixed order."""
+    """Every text the tokenizer is trained on, in a fixed order. The probe forms (FORM_FIELDS) are
+    left out: they are never trained on, and the tokenizer, hence every model, is the same as
+    without them (their words are still encoded, from the merges of the other texts)."""
     for row in corpus:
         yield row["text"]
     for split in ("full", "holdout", "world_facts"):

@@ -28,6 +28,8 @@ INPUTS = {
               "results/<study>/eval/<reg>/seed<k>/<split>/oracle/samples.parquet)",
     "reference": "the pretrained model's per-sample table (--reference DIR with DIR/samples.parquet, "
                  "results/<study>/eval/pretrained/<split>/samples.parquet)",
+    "target": "the target's per-sample table (--target DIR with DIR/samples.parquet, "
+              "results/<study>/eval/<reg>/seed<k>/<split>/target/samples.parquet)",
 }
 
 
@@ -36,7 +38,7 @@ class EvalInputError(ValueError):
 
 
 def needs(*inputs: str):
-    """Mark a metric as needing optional inputs ("oracle", "reference") beyond the model's table."""
+    """Mark a metric as needing optional inputs ("oracle", "reference", "target") beyond the model's table."""
     def deco(fn):
         fn.needs = tuple(inputs)
         return fn

@@ -14,7 +14,6 @@ All statistics are over the answer tokens of " " + answer + eos given the questi
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from forgetlab.metrics import EvalInputError, split_rows
 
@@ -75,4 +74,6 @@ def mia_auc(samples, attack, metric: str, columns: tuple[str, ...], table: str =
                                  f"table have no finite {'/'.join(columns)}")
         scores.append(s)
     labels = np.r_[np.ones(len(scores[0])), np.zeros(len(scores[1]))]
+    from sklearn.metrics import roc_auc_score  # here, not at the top: unlearn jobs import this package too
+
     return float(roc_auc_score(labels, np.concatenate(scores)))

@@ -13,7 +13,6 @@ Needs the oracle's table; an error if it is missing or either side has no forget
 
 from __future__ import annotations
 
-from scipy.stats import ks_2samp
 
 from forgetlab.metrics import METRICS, needs, require_oracle, require_values
 
@@ -24,4 +23,6 @@ def forget_quality(samples, oracle) -> float:
     oracle = require_oracle(oracle, "forget_quality")
     model_tr = require_values(samples, "forget", "truth_ratio", "forget_quality")
     oracle_tr = require_values(oracle, "forget", "truth_ratio", "forget_quality", table="oracle")
+    from scipy.stats import ks_2samp  # here, not at the top: unlearn jobs import this package too
+
     return float(ks_2samp(model_tr.to_numpy(), oracle_tr.to_numpy()).pvalue)

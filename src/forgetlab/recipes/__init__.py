@@ -14,7 +14,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def set_threads(params: dict) -> None:
-    torch.set_num_threads(max(1, int(params.get("threads", 1))))
+    """The job's CPU threads, shared among its data-parallel workers if it has several."""
+    from forgetlab import distributed
+
+    torch.set_num_threads(max(1, int(params.get("threads", 1)) // distributed.world_size()))
 
 
 def write_json(path: str | Path, obj) -> None:

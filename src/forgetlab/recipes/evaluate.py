@@ -14,12 +14,15 @@ from forgetlab.evaluate import score_model
 from forgetlab.metrics import INPUTS, EvalInputError, compute_metrics, mean_or_nan, needs_of, split_values
 from forgetlab.model import atomic_dir, autocast, load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl, set_threads, write_json
+from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
 from forgetlab.tracking import stage_run
 from forgetlab.train import seed_everything
 from forgetlab.trajectory import steps_to_threshold
 
 LABELS = ("study", "model", "regularizer", "method", "split", "seed")
-OPTIONS = {"oracle": "--oracle", "reference": "--reference"}
+SEQUENTIAL_LABELS = ("sequential_step", "sequential_chunks")  # only a sequential run's steps have them
+OPTIONS = {"oracle": "--oracle", "reference": "--reference", "target": "--target"}
+RELEARN_METRICS = ("relearn_recovery",)  # metrics that need the relearning attack's columns
 
 
 def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
@@ -45,7 +48,7 @@ def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
 
 
 def read_table(directory: Path, role: str) -> pd.DataFrame:
-    """The per-sample table of another evaluation (the oracle's, the pretrained model's)."""
+    """The per-sample table of another evaluation (the oracle's, the target's, the pretrained model's)."""
     path = Path(directory) / "samples.parquet"
     if not path.exists():
         raise EvalInputError(f"{OPTIONS[role]} {directory}: {path} not found ({INPUTS[role]})")
@@ -67,7 +70,7 @@ def metrics_to_run(names: list[str], model: str, available: set[str]) -> list[st
             raise EvalInputError(f"metric {name!r} needs {INPUTS[missing[0]]}, and no {OPTIONS[missing[0]]} was given")
     if skipped:
         print(f"evaluate: {', '.join(skipped)} not computed for the pretrained model "
-              "(no oracle or reference table by design)", file=sys.stderr)
+              "(no oracle, target or reference table by design)", file=sys.stderr)
     return run
 
 
@@ -85,16 +88,39 @@ def attach_reference(samples: pd.DataFrame, reference: pd.DataFrame, where: Path
     return out
 
 
+def attach_target(samples: pd.DataFrame, target: pd.DataFrame, where: Path) -> pd.DataFrame:
+    """Add target_prob and target_rouge_l_recall, the target's scores of the same (split, id), for the
+    relearning attack (the target itself passes its own table)."""
+    cols = {"prob": "target_prob", "rouge_l_recall": "target_rouge_l_recall"}
+    missing = [c for c in cols if c not in target]
+    if missing:
+        raise EvalInputError(f"target table {where} has no column(s) {', '.join(missing)}")
+    tgt = target[["split", "id", *cols]].rename(columns=cols)
+    if tgt.duplicated(["split", "id"]).any():
+        raise EvalInputError(f"target table {where}: duplicate (split, id) rows")
+    out = samples.merge(tgt, on=["split", "id"], how="left")
+    forget = out["split"] == "forget"
+    if out.loc[forget, "target_prob"].isna().any():
+        missing_ids = out.loc[forget & out["target_prob"].isna(), "id"].tolist()
+        raise EvalInputError(f"target table {where} lacks {len(missing_ids)} forget row(s) of this evaluation, "
+                             f"e.g. {missing_ids[0]!r}: was it evaluated on the same split and data?")
+    return out
+
+
 def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path | None = None,
-        reference: Path | None = None) -> None:
+        reference: Path | None = None, target: Path | None = None) -> None:
     set_threads(params)
     seed_everything(params["seed_data"])
     ev = params["evaluate"]
-    is_oracle = params["model"] == "oracle"
+    is_oracle, is_target = params["model"] == "oracle", params["model"] == "target"
     oracle_table = read_table(oracle, "oracle") if oracle and not is_oracle else None
     reference_table = read_table(reference, "reference") if reference else None
+    target_table = read_table(target, "target") if target and not is_target else None
+    # the oracle is its own oracle, the target its own target; the oracle needs no target (its
+    # relearn_recovery is 0 by definition)
     available = {k for k, present in (("oracle", is_oracle or oracle_table is not None),
-                                      ("reference", reference_table is not None)) if present}
+                                      ("reference", reference_table is not None),
+                                      ("target", is_oracle or is_target or target_table is not None)) if present}
     names = metrics_to_run(ev["metrics"], params["model"], available)
     splits = eval_splits(params, data_dir)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
@@ -103,6 +129,15 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
             samples = score_model(model, tokenizer, splits, ev["batch_size"], ev["max_new_tokens"])
         if reference_table is not None:
             samples = attach_reference(samples, reference_table, Path(reference) / "samples.parquet")
+        if any(name in RELEARN_METRICS for name in names):  # the relearning attack, on a copy of the model
+            relearned = relearn_columns(model, tokenizer, splits["forget"], RelearnConfig(**ev.get("relearn", {})),
+                                        params["seed_data"], params.get("precision", "auto"), ev["batch_size"],
+                                        ev["max_new_tokens"])
+            samples = attach_relearn(samples, relearned)
+            if is_target:
+                samples = attach_target(samples, samples, Path(out) / "samples.parquet")
+            elif target_table is not None:
+                samples = attach_target(samples, target_table, Path(target) / "samples.parquet")
         # the oracle is its own reference: forget_quality 1 and privleak 0 by definition
         oracle_samples = samples if is_oracle else oracle_table
         metrics = compute_metrics(names, samples, oracle_samples)
@@ -111,6 +146,7 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
             metrics.update(steps_to_threshold(pd.read_csv(model_dir / "trajectory.csv"), oracle_forget_prob))
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
+        labels.update({k: params[k] for k in SEQUENTIAL_LABELS if params.get(k) is not None})
         specs = {"regularizer_params": params.get("regularizers"), "method_params": params.get("method_spec")}
         write_json(tmp / "metrics.json", {**labels, **specs, "model_path": str(model_dir), "metrics": metrics})
         mlrun.log_metrics({k: v for k, v in metrics.items() if v == v})

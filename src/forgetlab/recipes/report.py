@@ -4,14 +4,18 @@ Inputs: every evaluated model's metrics.json, and every unlearned model director
 trajectory.csv directly); a directory without a trajectory.csv (unlearn.eval_every 0) is skipped.
 
 Tables (CSV, and parquet where noted):
-  summary      one row per model, one column per metric (parquet too)
+  summary      one row per model, one column per metric (parquet too); each step of a sequential
+               run is a model of its own (`model` sequential, `sequential_step` j of `sequential_chunks`)
   stats        mean and 95% bootstrap CI over seeds per (regularizer, method, split, metric) (parquet too);
                `method` is the unlearning method, or `target`/`oracle` for the fine-tuned models
   paired_tests each regularizer against `none` on forget_quality (log10) and model_utility: a
                Wilcoxon signed-rank test on pairs matched on (method, split, seed), Holm-corrected (parquet too)
   trajectories every recorded unlearning step of every unlearned model
 Figures: the forget-quality-vs-utility plot, regularizer x method heatmaps of the headline
-metrics, and the unlearning trajectories (forget_prob against step; retain/forget paths).
+metrics, the unlearning trajectories (forget_prob against step; retain/forget paths), and the
+sequential runs (each headline metric against the step).
+The steps of sequential runs are only in the summary and their own figure: the statistics, the
+paired tests, the heatmaps and the forget-quality-vs-utility plot are of the other models.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from forgetlab.tracking import stage_run
 from forgetlab.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 
 STAGE_OF = {"pretrained": "pretrain", "target": "finetune", "oracle": "finetune"}
-ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "model_path",
-              "regularizer_params", "method_params"]
+ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "sequential_step",
+              "sequential_chunks", "model_path", "regularizer_params", "method_params"]
+SEQUENTIAL = "sequential"  # the model of a sequential run's step
 GRID = ["regularizer", "method", "split", "seed"]
 BASELINE = "none"
 TESTED = {"forget_quality": "log10", "model_utility": "identity"}  # metric -> the scale it is tested on
 
 OUTPUTS = ("summary.parquet", "summary.csv", "stats.parquet", "stats.csv", "paired_tests.parquet",
            "paired_tests.csv", "trajectories.csv", "forget_quality_vs_utility.png", "metric_heatmap.png",
-           "trajectory_forget_prob.png", "trajectory_paths.png")
+           "trajectory_forget_prob.png", "trajectory_paths.png", "sequential_unlearning.png")
 
 
 def summarize(metric_files: list[Path]) -> pd.DataFrame:
@@ -50,10 +55,11 @@ def summarize(metric_files: list[Path]) -> pd.DataFrame:
             record[key] = json.dumps(record[key], sort_keys=True) if record.get(key) is not None else None
         rows.append({**{k: record.get(k) for k in ID_COLUMNS}, **metrics})
     table = pd.DataFrame(rows)
-    table["seed"] = table["seed"].astype("Int64")
-    order = {"pretrained": 0, "target": 1, "oracle": 2}
+    for column in ("seed", "sequential_step", "sequential_chunks"):
+        table[column] = table[column].astype("Int64")
+    order = {"pretrained": 0, "target": 1, "oracle": 2, SEQUENTIAL: 4}
     table["_order"] = table["model"].map(lambda m: order.get(m, 3))
-    table = table.sort_values(["split", "regularizer", "seed", "_order", "method"], na_position="first")
+    table = table.sort_values(["split", "regularizer", "seed", "_order", "method", "sequential_step"], na_position="first")
     return table.drop(columns="_order").reset_index(drop=True)
 
 
@@ -103,8 +109,9 @@ def metric_columns(summary: pd.DataFrame) -> list[str]:
 
 def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
     """(regularizer, method, split, seed, metric, value) for every fine-tuned and unlearned model;
-    `method` is the model (target, oracle) where there is no method. log10_forget_quality is added."""
-    models = summary[summary["regularizer"].notna()].copy()
+    `method` is the model (target, oracle) where there is no method. log10_forget_quality is added.
+    The steps of sequential runs are left out: they are not the method's unlearned model."""
+    models = summary[summary["regularizer"].notna() & (summary["model"] != SEQUENTIAL)].copy()
     models["method"] = models["method"].fillna(models["model"])
     metrics = metric_columns(models)
     if "forget_quality" in models:
@@ -128,10 +135,11 @@ def write_tables(tables: dict[str, pd.DataFrame], tmp: Path) -> None:
 
 def draw(summary: pd.DataFrame, seed_stats: pd.DataFrame, trajectories: pd.DataFrame, tmp: Path) -> None:
     methods = [m for m in dict.fromkeys(summary.loc[summary["model"] == "unlearned", "method"]) if m]
-    plots.pareto(summary, tmp / "forget_quality_vs_utility.png")
+    plots.pareto(summary[summary["model"] != SEQUENTIAL], tmp / "forget_quality_vs_utility.png")
     plots.heatmaps(seed_stats, sorted(methods), tmp / "metric_heatmap.png")
     plots.trajectories(trajectories, summary, tmp / "trajectory_forget_prob.png")
     plots.trajectory_paths(trajectories, summary, tmp / "trajectory_paths.png")
+    plots.sequential(summary, tmp / "sequential_unlearning.png")
 
 
 def log_tests(mlrun, tests: pd.DataFrame) -> None:

@@ -1,7 +1,11 @@
 """unlearn: start from a regularizer's target and minimise one unlearning method's loss over
 (forget, retain) batches of a split, with the method's plug-ins, recording the trajectory of
 cheap metrics every `eval_every` steps. A frozen reference (the target itself) is loaded once
-when the method needs it."""
+when the method needs it.
+
+A step of a sequential run (params `sequential_step` j of `sequential_chunks` k) starts from the
+previous step's model, unlearns only chunk j of the forget split, and keeps the target as the
+reference (`reference`); see forgetlab.sequential."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from forgetlab.checkpoint import Checkpointer
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
+from forgetlab.sequential import forget_chunk
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, paired, seed_everything, train
 from forgetlab.trajectory import Trajectory
@@ -46,8 +51,11 @@ def forget_examples(tokenizer, rows: list[dict], views, seed: int, max_length: i
     return [dict(zip(encoded, ex)) for ex in zip(*encoded.values())]
 
 
-def run(params: dict, target: Path, data_dir: Path, out: Path) -> None:
+def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path | None = None) -> None:
+    """Unlearn starting from `target`; `reference` (default: `target`) is the frozen reference
+    model of methods that need one."""
     set_threads(params)
+    reference = Path(reference or target)
     seed, spec = params["seed"], params["method_spec"]
     train_params = {**params["train"], **spec.get("train", {})}  # a method entry may override the loop settings
     eval_every = train_params.pop("eval_every", 0)
@@ -57,7 +65,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path) -> None:
         model = load_model(target)
         method = build_method(spec)
         if method.needs_reference:
-            method.reference = load_model(target).eval().requires_grad_(False)
+            method.reference = load_model(reference).eval().requires_grad_(False)
         cfg = TrainConfig(**train_params)
 
         def qa_file(split: str) -> Path:
@@ -69,7 +77,11 @@ def run(params: dict, target: Path, data_dir: Path, out: Path) -> None:
         def loader(examples: list, seed: int) -> Loader:
             return Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device())
 
-        forget_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
+        split_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
+        forget_rows = split_rows  # what this job unlearns: the split, or a sequential step's chunk of it
+        if params.get("sequential_step"):
+            forget_rows = forget_chunk(split_rows, params["sequential_step"], params["sequential_chunks"],
+                                       params["seed_data"])
         examples = forget_examples(tokenizer, forget_rows, method.forget_views, seed, cfg.max_length)
         retain_examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in retain_rows]
 
@@ -81,11 +93,13 @@ def run(params: dict, target: Path, data_dir: Path, out: Path) -> None:
                            retain=loader(retain_examples, seed + 3))
         hooks = [method, *method.plugins]
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
-                                      inputs=[target, qa_file(params["split"]), qa_file(params["retain_split"])])
+                                      inputs=[target, qa_file(params["split"]), qa_file(params["retain_split"]),
+                                              *([reference] if reference != Path(target) else [])])
         trajectory = None
         if eval_every:
-            subset = random.Random(seed).sample(retain_rows, min(len(retain_rows), len(forget_rows)))
-            trajectory = Trajectory(tokenizer, forget_rows, subset, eval_every, steps, ckpt.log,
+            # measured on the whole forget split: a sequential step shows the earlier chunks too
+            subset = random.Random(seed).sample(retain_rows, min(len(retain_rows), len(split_rows)))
+            trajectory = Trajectory(tokenizer, split_rows, subset, eval_every, steps, ckpt.log,
                                     as_saved=method.as_saved)
             hooks.append(trajectory)
         model = train(model, method.loss, paired(forget, retain), steps, cfg, regularizers=hooks,
@@ -97,5 +111,6 @@ def run(params: dict, target: Path, data_dir: Path, out: Path) -> None:
         if trajectory is not None:
             trajectory.table().to_csv(tmp / "trajectory.csv", index=False)
             mlrun.log_artifact(tmp / "trajectory.csv")
-        write_json(tmp / "forgetlab_stage.json", params)
+        write_json(tmp / "forgetlab_stage.json", {**params, "start_model": str(target), "reference_model": str(reference),
+                                                  "forget_examples": len(forget_rows)})
     ckpt.remove()  # the output is in place: the checkpoint is no longer needed
