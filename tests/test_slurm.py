@@ -12,7 +12,7 @@ run for a 2-core machine, where each scheduling round trip costs more than a smo
 polls squeue 1 s after a job ends instead of 40 s (and backs off by 10 s per idle poll), and the
 other short jobs share sbatch jobs too: data, pretraining and the pretrained evaluation one, each
 fine-tuning chain (a target and its unlearned models; an oracle; a soup and its ingredients) one,
-report and track one. About 5.5 min on 2 cores.
+report and track one.
 """
 
 from __future__ import annotations
