@@ -74,37 +74,37 @@ def metrics_to_run(names: list[str], model: str, available: set[str]) -> list[st
     return run
 
 
+def attach_columns(samples: pd.DataFrame, table: pd.DataFrame, columns: dict[str, str], needed: tuple[str, ...],
+                   role: str, where: Path) -> pd.DataFrame:
+    """Add another evaluation's per-sample `columns` (its name -> the name here) to the rows of the
+    same (split, id); every row of the `needed` splits must get them."""
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise EvalInputError(f"{role} table {where} has no column(s) {', '.join(missing)}")
+    other = table[["split", "id", *columns]].rename(columns=columns)
+    if other.duplicated(["split", "id"]).any():
+        raise EvalInputError(f"{role} table {where}: duplicate (split, id) rows")
+    out = samples.merge(other, on=["split", "id"], how="left")
+    first = next(iter(columns.values()))
+    lost = out["split"].isin(needed) & out[first].isna()
+    if lost.any():
+        ids = out.loc[lost, "id"].tolist()
+        raise EvalInputError(f"{role} table {where} lacks {len(ids)} {'/'.join(needed)} row(s) of this "
+                             f"evaluation, e.g. {ids[0]!r}: was it evaluated on the same split and data?")
+    return out
+
+
 def attach_reference(samples: pd.DataFrame, reference: pd.DataFrame, where: Path) -> pd.DataFrame:
     """Add reference_answer_nll, the reference model's answer NLL of the same (split, id)."""
-    ref = reference[["split", "id", "answer_nll"]].rename(columns={"answer_nll": "reference_answer_nll"})
-    if ref.duplicated(["split", "id"]).any():
-        raise EvalInputError(f"reference table {where}: duplicate (split, id) rows")
-    out = samples.merge(ref, on=["split", "id"], how="left")
-    need = out["split"].isin(("forget", "holdout"))
-    if out.loc[need, "reference_answer_nll"].isna().any():
-        missing = out.loc[need & out["reference_answer_nll"].isna(), "id"].tolist()
-        raise EvalInputError(f"reference table {where} lacks {len(missing)} forget/holdout row(s) of this "
-                             f"evaluation, e.g. {missing[0]!r}: was it evaluated on the same split and data?")
-    return out
+    return attach_columns(samples, reference, {"answer_nll": "reference_answer_nll"}, ("forget", "holdout"),
+                          "reference", where)
 
 
 def attach_target(samples: pd.DataFrame, target: pd.DataFrame, where: Path) -> pd.DataFrame:
     """Add target_prob and target_rouge_l_recall, the target's scores of the same (split, id), for the
     relearning attack (the target itself passes its own table)."""
-    cols = {"prob": "target_prob", "rouge_l_recall": "target_rouge_l_recall"}
-    missing = [c for c in cols if c not in target]
-    if missing:
-        raise EvalInputError(f"target table {where} has no column(s) {', '.join(missing)}")
-    tgt = target[["split", "id", *cols]].rename(columns=cols)
-    if tgt.duplicated(["split", "id"]).any():
-        raise EvalInputError(f"target table {where}: duplicate (split, id) rows")
-    out = samples.merge(tgt, on=["split", "id"], how="left")
-    forget = out["split"] == "forget"
-    if out.loc[forget, "target_prob"].isna().any():
-        missing_ids = out.loc[forget & out["target_prob"].isna(), "id"].tolist()
-        raise EvalInputError(f"target table {where} lacks {len(missing_ids)} forget row(s) of this evaluation, "
-                             f"e.g. {missing_ids[0]!r}: was it evaluated on the same split and data?")
-    return out
+    return attach_columns(samples, target, {"prob": "target_prob", "rouge_l_recall": "target_rouge_l_recall"},
+                          ("forget",), "target", where)
 
 
 def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path | None = None,
