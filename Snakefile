@@ -4,6 +4,9 @@
 #                -> unlearn (per method) -> evaluate (against the oracle) -> report
 #                   (optional: sequential unlearning, chunk by chunk, each step evaluated)
 #
+# Each rule runs one `forgetlab <stage>` command with the study config and the job's grid
+# coordinates; forgetlab.config.stage_params resolves its parameters (workflow/rules/common.smk).
+#
 # snakemake --cores all                                   # the default study (config/config.yaml)
 # snakemake --cores all --configfile config/smoke.yaml    # the micro study of the tests
 from snakemake.utils import min_version

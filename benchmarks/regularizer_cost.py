@@ -5,7 +5,7 @@ fine-tunes the same default-size pretrained-shape Llama on the default world's Q
 number of steps, on one thread, through forgetlab's own loop and loss (`forgetlab.train.train`
 with `forgetlab.losses.lm_loss`), setup and finalize included. The order is shuffled and repeated;
 the script prints the median seconds per step and the ratio to `none` (target: <= 1.3, except
-model_soup, which costs K fine-tunes by design, and send, whose probes cost by design).
+send, whose probes cost by design). A soup (an entry option, forgetlab.soup) costs K fine-tunes.
 
     python benchmarks/regularizer_cost.py [--steps 40] [--repeats 3]
 """
@@ -26,13 +26,14 @@ import torch
 import yaml
 
 from _world import finetune_examples
+from forgetlab.config import entry_components
 from forgetlab.losses import lm_loss
 from forgetlab.model import new_llama
 from forgetlab.qa import collate
 from forgetlab.regularizers import REGULARIZERS, build_regularizers
 from forgetlab.train import Loader, TrainConfig, train
 
-BY_DESIGN = {"model_soup": "K fine-tunes (one per ingredient) + an average", "send": "activation probes every K steps"}
+BY_DESIGN = {"send": "activation probes every K steps"}
 
 
 def seconds_per_step(specs, model_cfg, tok, examples, cfg: TrainConfig, steps: int) -> float:
@@ -56,7 +57,8 @@ def main() -> None:
     torch.set_num_threads(1)
     config = yaml.safe_load(Path(args.config).read_text())
     cfg = TrainConfig(**{**config["finetune"], "max_steps": args.steps})
-    configured = {comps[0]["name"]: comps for comps in config["regularizers"].values() if len(comps) == 1}
+    lists = [entry_components(config, entry) for entry in config["regularizers"]]
+    configured = {comps[0]["name"]: comps for comps in lists if len(comps) == 1}
     entries = {name: configured.get(name, [{"name": name}]) for name in REGULARIZERS.names()}
     with tempfile.TemporaryDirectory() as tmp:
         tok, examples = finetune_examples(config, tmp, cfg.max_length)

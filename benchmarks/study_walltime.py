@@ -29,8 +29,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from forgetlab.config import stage_params
-
 STUDY = "benchmark"
 
 
@@ -65,13 +63,15 @@ def main() -> None:
     reg, other_seed = next(iter(config["regularizers"])), seed + 1
     res, data = Path("results") / STUDY, f"data/{STUDY}"
     oracle2 = res / "extra" / reg / f"seed{other_seed}" / split
-    ft = stage_params(config, "finetune", model="oracle", role="oracle", regularizer=reg, seed=other_seed, split=split)
-    sh("forgetlab", "finetune", "--pretrained", str(res / "pretrain" / "model"), "--data", data,
-       "--out", str(oracle2 / "model"), "--params", json.dumps(ft))
-    ev = stage_params(config, "evaluate", model="oracle_seed1", regularizer=reg, seed=other_seed, split=split)
-    sh("forgetlab", "evaluate", "--model-dir", str(oracle2 / "model"), "--data", data, "--out", str(oracle2 / "eval"),
+    study = res / "extra" / "study.yaml"
+    study.write_text(yaml.safe_dump(config, sort_keys=False))
+    cell = ["--at", f"regularizer={reg}", "--at", f"seed={other_seed}", "--at", f"split={split}"]
+    sh("forgetlab", "finetune", "--config", str(study), *cell, "--at", "role=oracle",
+       "--pretrained", str(res / "pretrain" / "model"), "--data", data, "--out", str(oracle2 / "model"))
+    sh("forgetlab", "evaluate", "--config", str(study), *cell, "--at", "model=oracle_seed1",
+       "--model-dir", str(oracle2 / "model"), "--data", data, "--out", str(oracle2 / "eval"),
        "--oracle", str(res / "eval" / reg / f"seed{seed}" / split / "oracle"),
-       "--target", str(res / "eval" / reg / f"seed{seed}" / split / "target"), "--params", json.dumps(ev))
+       "--target", str(res / "eval" / reg / f"seed{seed}" / split / "target"))
     fq_oracle = json.loads((oracle2 / "eval" / "metrics.json").read_text())["metrics"]["forget_quality"]
 
     result = {

@@ -24,13 +24,14 @@ def test_stages_by_hand(tmp_path, tiny_model_dir):
     assert sum(1 for _ in open(tmp_path / "data/smoke/qa/retain90.jsonl")) > 0
 
     forgetlab("finetune", "--config", config, "--pretrained", tiny_model_dir, "--data", "data/smoke",
-              "--regularizer", "dropout", "--seed", "0", "--role", "oracle", "--split", "forget10", "--out", "oracle", cwd=tmp_path)
+              "--at", "regularizer=dropout", "--at", "seed=0", "--at", "role=oracle", "--at", "split=forget10", "--out", "oracle",
+              cwd=tmp_path)
     assert (tmp_path / "oracle" / "model.safetensors").exists()
 
-    forgetlab("evaluate", "--config", config, "--model-dir", tiny_model_dir, "--data", "data/smoke", "--model", "pretrained",
-              "--split", "forget10", "--out", "pretrained-eval", cwd=tmp_path)
-    forgetlab("evaluate", "--config", config, "--model-dir", "oracle", "--data", "data/smoke", "--model", "oracle",
-              "--regularizer", "dropout", "--seed", "0", "--split", "forget10", "--out", "oracle-eval", cwd=tmp_path)
+    forgetlab("evaluate", "--config", config, "--model-dir", tiny_model_dir, "--data", "data/smoke", "--at", "model=pretrained",
+              "--at", "split=forget10", "--out", "pretrained-eval", cwd=tmp_path)
+    forgetlab("evaluate", "--config", config, "--model-dir", "oracle", "--data", "data/smoke", "--at", "model=oracle",
+              "--at", "regularizer=dropout", "--at", "seed=0", "--at", "split=forget10", "--out", "oracle-eval", cwd=tmp_path)
     assert (tmp_path / "oracle-eval" / "samples.parquet").exists()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from forgetlab.config import ConfigError, check_config, validate_schema
+from forgetlab.config import ConfigError, check_config, entry_components, entry_soup, validate_schema
 from forgetlab.model import check_checkpoint
 from tests.conftest import REPO, cli_env, smoke_config
 
@@ -68,8 +68,9 @@ def test_catalogue_names_every_registered_regularizer():
     from forgetlab.regularizers import REGULARIZERS
 
     catalogue = yaml.safe_load((REPO / "config" / "catalogue.yaml").read_text())
-    used = {c["name"] for comps in catalogue["regularizers"].values() for c in comps}
+    used = {c["name"] for entry in catalogue["regularizers"] for c in entry_components(catalogue, entry)}
     assert used == set(REGULARIZERS.names())
+    assert any(entry_soup(catalogue, entry) for entry in catalogue["regularizers"]), "the soup option is shown too"
 
 
 def test_catalogue_names_every_registered_method_and_plugin():

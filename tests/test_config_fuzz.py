@@ -70,8 +70,10 @@ CASES = [
     ("npo-beta-negative", put("methods.npo.beta", -1.0), "methods.npo"),
     ("grad-diff-alpha-negative", put("methods.grad_diff.alpha", -2.0), "methods.grad_diff"),
     ("dropout-residual-one", put("regularizers.dropout.0.residual", 1.0), "regularizers.dropout"),
-    ("z-loss-negative", put("regularizers.soup_zloss.1.coef", -1.0), "regularizers.soup_zloss"),
-    ("soup-k-one", put("regularizers.soup_zloss.0.k", 1), "regularizers.soup_zloss"),
+    ("z-loss-negative", put("regularizers.soup_zloss.regularizers.0.coef", -1.0), "regularizers.soup_zloss"),
+    ("soup-k-one", put("regularizers.soup_zloss.soup.k", 1), "regularizers.soup_zloss.soup"),
+    ("soup-vary-unknown", put("regularizers.soup_zloss.soup.vary", "data"), "regularizers.soup_zloss.soup"),
+    ("soup-unknown-key", put("regularizers.soup_zloss.soup.n", 2), "regularizers.soup_zloss"),
     ("vocab-tiny", put("data.tokenizer.vocab_size", 3), "data.tokenizer.vocab_size"),
     # non-finite numbers (a schema bound never rejects NaN)
     ("lr-nan", put("pretrain.lr", NAN), "pretrain.lr"),

@@ -98,8 +98,8 @@ def test_empty_split_file_and_empty_answer_name_the_file(smoke_data, params, tmp
 def test_cli_without_oracle_fails_in_one_line_naming_the_file(tmp_path, smoke_data, tiny_model_dir):
     proc = subprocess.run(
         ["forgetlab", "evaluate", "--config", str(REPO / "config" / "smoke.yaml"), "--model-dir", str(tiny_model_dir),
-         "--data", str(smoke_data), "--model", "target", "--regularizer", "none", "--seed", "0",
-         "--split", "forget10", "--out", str(tmp_path / "eval")],
+         "--data", str(smoke_data), "--at", "model=target", "--at", "regularizer=none", "--at", "seed=0",
+         "--at", "split=forget10", "--out", str(tmp_path / "eval")],
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     assert "error: metric 'forget_quality' needs the oracle's per-sample table" in proc.stderr

@@ -161,8 +161,8 @@ def fit_on_forget(tiny_model_dir, smoke_data, out, steps: int):
 
 
 def evaluate(cwd, config, model_dir, data, model, out, *options):
-    args = ["forgetlab", "evaluate", "--config", config, "--model-dir", model_dir, "--data", data, "--model", model,
-            "--regularizer", "none", "--seed", "0", "--split", "forget10", "--out", out, *options]
+    args = ["forgetlab", "evaluate", "--config", config, "--model-dir", model_dir, "--data", data, "--at", f"model={model}",
+            "--at", "regularizer=none", "--at", "seed=0", "--at", "split=forget10", "--out", out, *options]
     proc = subprocess.run([str(a) for a in args], cwd=cwd, env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((cwd / out / "metrics.json").read_text())["metrics"]
@@ -180,7 +180,7 @@ def evaluated(tmp_path_factory, smoke_data, tiny_model_dir):
     out = {"oracle": run(tiny_model_dir, smoke_data, "oracle", "oracle-eval")}
     out["target"] = run(target, smoke_data, "target", "target-eval", "--oracle", "oracle-eval")
     for name in ("unlearned", "unlearned-again"):
-        out[name] = run(unlearned, smoke_data, "unlearned", f"{name}-eval", "--method", "grad_ascent",
+        out[name] = run(unlearned, smoke_data, "unlearned", f"{name}-eval", "--at", "method=grad_ascent",
                         "--oracle", "oracle-eval", "--target", "target-eval")
     return out
 

@@ -4,7 +4,6 @@ same command ends bit-identical to an uninterrupted run, weights and MLflow step
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -29,23 +28,35 @@ from tests.conftest import REPO, cli_env, smoke_config
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def job(stage: str, entry: list | dict, **train) -> dict:
-    """The resolved params of one smoke finetune (target) or unlearn job, with train overrides."""
+def study(stage: str, entry: list | dict, **train) -> tuple[dict, dict]:
+    """A smoke config whose one finetune (target) or unlearn job runs `entry`, with train
+    overrides, and that job's grid coordinates."""
     config = smoke_config()
+    config.pop("sequential")  # it names entries that this config replaces
     if stage == "finetune":
         config["regularizers"] = {"r": entry}
-        params = stage_params(config, "finetune", model="target", role="target", regularizer="r", seed=0)
+        coords = {"model": "target", "role": "target", "regularizer": "r", "seed": 0}
     else:
         config["methods"] = {"m": entry}
-        params = stage_params(config, "unlearn", model="unlearned", regularizer="none", seed=0, split="forget10", method="m")
-    params["train"] = {**params["train"], **train}
-    return params
+        coords = {"model": "unlearned", "regularizer": "none", "seed": 0, "split": "forget10", "method": "m"}
+    config[stage] = {**config[stage], **train}
+    return config, coords
 
 
-def command(stage: str, params: dict, model: Path, data: Path, out: Path) -> list[str]:
+def job(stage: str, entry: list | dict, **train) -> dict:
+    """The resolved params of that job."""
+    config, coords = study(stage, entry, **train)
+    return stage_params(config, stage, **coords)
+
+
+def command(stage: str, entry: list | dict, train: dict, model: Path, data: Path, out: Path) -> list[str]:
+    """The job's command line: its config written next to `out`, and its coordinates."""
+    config, coords = study(stage, entry, **train)
+    path = out.parent / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
     source = "--pretrained" if stage == "finetune" else "--target"
-    return ["forgetlab", stage, source, str(model), "--data", str(data), "--out", str(out),
-            "--threads", "1", "--params", json.dumps(params)]
+    return ["forgetlab", stage, "--config", str(path), *(f"--at={k}={v}" for k, v in coords.items()),
+            source, str(model), "--data", str(data), "--out", str(out), "--threads", "1"]
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -167,7 +178,7 @@ def test_killed_job_resumes_bit_identical(case, smoke_data, tiny_model_dir, tmp_
     def setup(name: str, **train) -> tuple[list[str], Path, dict]:
         (tmp_path / name).mkdir()
         out = tmp_path / name / "model"
-        cmd = command(stage, job(stage, entry, **settings, **train), tiny_model_dir, smoke_data, out)
+        cmd = command(stage, entry, {**settings, **train}, tiny_model_dir, smoke_data, out)
         return cmd, out, cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / name / 'm.db'}")
 
     cmd, reference, env = setup("reference")

@@ -222,8 +222,8 @@ def test_the_dag_chains_each_step_to_the_previous_one(tmp_path):
         assert f"{res}/eval/{w['reg']}/seed{w['seed']}/forget10/oracle/samples.parquet" in job["input"]
         assert job["output"][0] == f"{res}/eval/{w['reg']}/seed{w['seed']}/forget10/sequential/{w['method']}/step{w['step']}/metrics.json"
     # a step is evaluated with the inputs and options of an ordinary unlearned model
-    plain = next(j for j in jobs if j["rule"] == "evaluate_unlearned" and j["wildcards"]["reg"] == "none"
-                 and j["wildcards"]["seed"] == "0" and j["wildcards"]["method"] == "npo")
+    plain = next(j for j in jobs if j["rule"] == "evaluate" and j["wildcards"]["reg"] == "none"
+                 and j["wildcards"]["seed"] == "0" and j["wildcards"]["model"] == "npo")
     step = next(j for j in evals if j["wildcards"]["reg"] == "none" and j["wildcards"]["seed"] == "0"
                 and j["wildcards"]["method"] == "npo" and j["wildcards"]["step"] == "3")
     assert plain["input"][1:] == step["input"][1:]
@@ -252,18 +252,18 @@ def test_forget_size_scaling_is_one_switch(tmp_path):
     config = with_sequential({"chunks": 2, "regularizers": ["none"], "methods": ["npo"], "splits": ["forget10"]}, splits=splits)
     jobs = dry_run(config, tmp_path)
     regs, methods, seeds = config["regularizers"], config["methods"], config["seeds"]
-    plain = [r for r in regs if not any(c["name"] == "model_soup" for c in regs[r])]
-    per_split = Counter((j["rule"], j["wildcards"].get("split")) for j in jobs if j["rule"] != "shell")
+    plain = [r for r in regs if not isinstance(regs[r], dict)]  # the others are soups
+    # a grid cell's split: its `split` wildcard, or a fine-tune's `tuned` (target, <split>/oracle)
+    per_split = Counter((j["rule"], j["wildcards"].get("split", j["wildcards"].get("tuned"))) for j in jobs if j["rule"] != "shell")
     for split in splits:
         assert per_split["evaluate_pretrained", split] == 1
-        assert per_split["finetune_oracle", split] == len(plain) * len(seeds)
-        assert per_split["soup_oracle", split] == (len(regs) - len(plain)) * len(seeds)
+        assert per_split["finetune", f"{split}/oracle"] == len(plain) * len(seeds)
+        assert per_split["soup", f"{split}/oracle"] == (len(regs) - len(plain)) * len(seeds)
         assert per_split["unlearn", split] == len(regs) * len(seeds) * len(methods)
-        for rule in ("evaluate_oracle", "evaluate_target"):
-            assert per_split[rule, split] == len(regs) * len(seeds)
-        assert per_split["evaluate_unlearned", split] == len(regs) * len(seeds) * len(methods)
+        # the oracle, the target and each unlearned model of every regularizer and seed
+        assert per_split["evaluate", split] == len(regs) * len(seeds) * (2 + len(methods))
         assert per_split["unlearn_sequential", split] == (2 if split == "forget10" else 0)
-    assert sum(j["rule"] == "finetune_target" for j in jobs) == len(plain) * len(seeds)  # shared by the splits
+    assert per_split["finetune", "target"] == len(plain) * len(seeds)  # shared by the splits
     unlearned = {j["output"][0] for j in jobs if j["rule"] == "unlearn"}
     assert unlearned == {f"results/smoke/unlearn/{r}/seed{s}/{sp}/{m}/model"
                          for r in regs for s in seeds for sp in splits for m in methods}

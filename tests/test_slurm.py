@@ -36,8 +36,7 @@ from tests.slurm_cluster import SlurmUnavailable, start_cluster
 CONFIG = "slurm-smoke.yaml"
 RESOURCES = "slurm-test-resources.yaml"
 SETUP_RULES = ["prepare_data", "pretrain", "evaluate_pretrained"]
-TRAIN_RULES = ["finetune_target", "finetune_oracle", "finetune_target_ingredient", "finetune_oracle_ingredient",
-               "soup_target", "soup_oracle", "unlearn"]
+TRAIN_RULES = ["finetune", "soup", "unlearn"]
 TIMEOUT = 1200  # seconds for the whole study; a job stuck in the queue fails the test instead of hanging it
 
 
@@ -206,9 +205,9 @@ def test_the_profile_takes_each_stage_s_resources_from_the_study_config(tmp_path
     seen = {}
     for rule, line in jobs:
         seen.setdefault(rule, dict(kv.split("=", 1) for kv in line.split(", ")))
-    for rule in ("finetune_target", "finetune_oracle", "finetune_target_ingredient"):
+    for rule in ("finetune",):
         assert {"gpu": "1", "mem_mb": "32000", "runtime": "240", "slurm_partition": "gpu", "qos": "normal"}.items() <= seen[rule].items()
-    for rule in ("evaluate_pretrained", "evaluate_oracle", "evaluate_unlearned"):
+    for rule in ("evaluate_pretrained", "evaluate"):
         assert {"mem_mb": "4000", "runtime": "15", "slurm_partition": "cpu", "qos": "normal"}.items() <= seen[rule].items()
     # stages the config leaves out fall back to the profile's default-resources
     assert {"mem_mb": "8000", "runtime": "120", "slurm_partition": "gpu"}.items() <= seen["pretrain"].items()

@@ -1,8 +1,12 @@
 """`forgetlab <stage>`: every stage of the study as a command.
 
-Snakemake passes each job's resolved parameters as JSON (`--params`); by hand, give the study
-config (`--config config/config.yaml`) and the grid coordinates instead, which resolve to the
-same parameters through forgetlab.config.stage_params.
+A job is named by the study config and its grid coordinates; its parameters are resolved from
+them by forgetlab.config.stage_params, the one resolver that the workflow's rules also call:
+
+    forgetlab finetune --config config/config.yaml --at regularizer=dropout --at seed=0 --at role=target \
+        --pretrained results/default/pretrain/model --data data/default --out /tmp/target
+
+The workflow passes a snapshot of the study config (results/<study>/configs/<digest>.yaml).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from forgetlab.config import ConfigError, load_config, stage_params
+from forgetlab.config import ConfigError, load_config, parse_coordinates, stage_params
 
 
 class Commands(TyperGroup):
@@ -33,11 +37,11 @@ class Commands(TyperGroup):
 
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help=__doc__)
 
-ParamsOpt = typer.Option(None, "--params", help="resolved stage parameters as JSON (what Snakemake passes)")
-ConfigOpt = typer.Option(None, "--config", help="a study config YAML, resolved for this stage")
+ConfigOpt = typer.Option(..., "--config", help="the study config (YAML)")
+AtOpt = typer.Option([], "--at", metavar="NAME=VALUE",
+                     help="a grid coordinate of the job (repeatable): regularizer, seed, split, method, role "
+                          "(target|oracle), ingredient, model, sequential_step, sequential_chunks")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (overrides the config's threads)")
-StepOpt = typer.Option(None, help="sequential unlearning: the step (1..chunks), which unlearns chunk STEP; with --chunks")
-ChunksOpt = typer.Option(None, help="sequential unlearning: the number of chunks; with --step")
 
 
 def fail(message: str) -> None:
@@ -46,26 +50,15 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def sequential_model(model: str, step: Optional[int], chunks: Optional[int]) -> dict:
-    """The model coordinates: a sequential run's step (model `sequential`) when --step is given."""
-    if (step is None) != (chunks is None):
-        fail("give --step and --chunks together")
-    return {"model": "sequential", "sequential_step": step, "sequential_chunks": chunks} if step else {"model": model}
-
-
-def resolve(stage: str, params: Optional[str], config: Optional[Path], threads: Optional[int], **coords) -> dict:
-    if params:
-        resolved = json.loads(params)
-    elif config:
-        try:
-            resolved = stage_params(load_config(config), stage, **{k: v for k, v in coords.items() if v is not None})
-        except ConfigError as e:
-            fail(str(e))
-    else:
-        fail("give --params (JSON) or --config (a study YAML)")
+def resolve(stage: str, config: Path, at: list[str], threads: Optional[int] = None) -> dict:
+    """The job's parameters: the study config and the job's coordinates, through stage_params."""
+    try:
+        params = stage_params(load_config(config), stage, **parse_coordinates(at))
+    except (ConfigError, OSError) as e:
+        fail(str(e))
     if threads:
-        resolved["threads"] = threads
-    return resolved
+        params["threads"] = threads
+    return params
 
 
 def data_parallel(params: dict) -> None:
@@ -87,20 +80,20 @@ def end_data_parallel() -> None:
 
 @app.command("prepare-data")
 def prepare_data(out: Path = typer.Option(..., help="output directory, e.g. data/<study>"),
-                 params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+                 config: Path = ConfigOpt, threads: Optional[int] = ThreadsOpt):
     """Generate the synthetic world, QA splits and tokenizer."""
     from forgetlab.recipes import prepare_data as recipe
 
-    recipe.run(resolve("prepare_data", params, config, threads), out)
+    recipe.run(resolve("prepare_data", config, [], threads), out)
 
 
 @app.command()
 def pretrain(data: Path = typer.Option(...), out: Path = typer.Option(...),
-             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
+             config: Path = ConfigOpt, threads: Optional[int] = ThreadsOpt):
     """Train the small Llama from scratch (or load model.init_from)."""
     from forgetlab.recipes import pretrain as recipe
 
-    p = resolve("pretrain", params, config, threads, model="pretrained")
+    p = resolve("pretrain", config, [], threads)
     data_parallel(p)
     recipe.run(p, data, out)
     end_data_parallel()
@@ -108,16 +101,12 @@ def pretrain(data: Path = typer.Option(...), out: Path = typer.Option(...),
 
 @app.command()
 def finetune(pretrained: Path = typer.Option(...), data: Path = typer.Option(...), out: Path = typer.Option(...),
-             regularizer: Optional[str] = None, seed: Optional[int] = None,
-             role: str = typer.Option("target", help="target (retain+forget) or oracle (retain only)"),
-             split: Optional[str] = typer.Option(None, help="the forget split (oracle only)"),
-             ingredient: Optional[int] = typer.Option(None, help="model_soup ingredient index"),
-             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
-    """Fine-tune a target or a retain-only oracle with one regularizer entry."""
+             config: Path = ConfigOpt, at: list[str] = AtOpt, threads: Optional[int] = ThreadsOpt):
+    """Fine-tune a target (role=target: retain + forget) or a retain-only oracle (role=oracle, with
+    its split) with one regularizer entry; a soup's ingredient with ingredient=I."""
     from forgetlab.recipes import finetune as recipe
 
-    p = resolve("finetune", params, config, threads, model=role, role=role, regularizer=regularizer, seed=seed,
-                split=split, ingredient=ingredient)
+    p = resolve("finetune", config, at, threads)
     data_parallel(p)
     recipe.run(p, pretrained, data, out)
     end_data_parallel()
@@ -125,47 +114,37 @@ def finetune(pretrained: Path = typer.Option(...), data: Path = typer.Option(...
 
 @app.command()
 def soup(ingredients: list[Path] = typer.Argument(..., help="fine-tuned model directories to average"),
-         out: Path = typer.Option(...), regularizer: Optional[str] = None, seed: Optional[int] = None,
-         role: str = typer.Option("target"), split: Optional[str] = None,
-         params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt):
-    """Average model_soup ingredients into one model (the soup's fan-in)."""
+         out: Path = typer.Option(...), config: Path = ConfigOpt, at: list[str] = AtOpt):
+    """Average a soup's ingredients into one model (the fan-in of a regularizer entry's `soup`)."""
     from forgetlab.recipes import soup as recipe
 
-    p = resolve("finetune", params, config, None, model=role, role=role, regularizer=regularizer, seed=seed, split=split)
-    recipe.run({**p, "soup": True}, ingredients, out)
+    recipe.run({**resolve("finetune", config, at), "fan_in": len(ingredients)}, ingredients, out)
 
 
 @app.command()
 def unlearn(target: Path = typer.Option(...), data: Path = typer.Option(...), out: Path = typer.Option(...),
-            regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
-            method: Optional[str] = None,
             reference_model: Optional[Path] = typer.Option(None, "--reference-model",
                                                            help="frozen reference of methods that need one (default: --target)"),
-            step: Optional[int] = StepOpt, chunks: Optional[int] = ChunksOpt,
-            params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
-    """Run one unlearning method on a target (or, with --step, one step of a sequential run from the
-    previous step's model, --target, with the target as --reference-model)."""
+            config: Path = ConfigOpt, at: list[str] = AtOpt, threads: Optional[int] = ThreadsOpt):
+    """Run one unlearning method on a target (or one step of a sequential run, with
+    model=sequential, sequential_step and sequential_chunks: --target is the previous step's
+    model and --reference-model the original target)."""
     from forgetlab.recipes import unlearn as recipe
 
-    p = resolve("unlearn", params, config, threads, regularizer=regularizer, seed=seed, split=split, method=method,
-                **sequential_model("unlearned", step, chunks))
-    recipe.run(p, target, data, out, reference_model)
+    recipe.run(resolve("unlearn", config, at, threads), target, data, out, reference_model)
 
 
 @app.command()
 def evaluate(model_dir: Path = typer.Option(..., "--model-dir"), data: Path = typer.Option(...), out: Path = typer.Option(...),
              oracle: Optional[Path] = typer.Option(None, help="the oracle's evaluation directory (forget_quality, mia_reference, privleak)"),
              target: Optional[Path] = typer.Option(None, help="the target's evaluation directory (for relearn_recovery)"),
-             model: str = typer.Option("target", help="pretrained, target, oracle or unlearned"),
-             regularizer: Optional[str] = None, seed: Optional[int] = None, split: Optional[str] = None,
-             method: Optional[str] = None, step: Optional[int] = StepOpt, chunks: Optional[int] = ChunksOpt,
-             params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt, threads: Optional[int] = ThreadsOpt):
-    """Score one model; per-sample parquet plus aggregate metrics."""
+             config: Path = ConfigOpt, at: list[str] = AtOpt, threads: Optional[int] = ThreadsOpt):
+    """Score one model (model=pretrained, target, oracle, unlearned or sequential); per-sample
+    parquet plus aggregate metrics."""
     from forgetlab.metrics import EvalInputError
     from forgetlab.recipes import evaluate as recipe
 
-    p = resolve("evaluate", params, config, threads, regularizer=regularizer, seed=seed, split=split, method=method,
-                **sequential_model(model, step, chunks))
+    p = resolve("evaluate", config, at, threads)
     try:
         recipe.run(p, model_dir, data, out, oracle, target)
     except EvalInputError as e:
@@ -174,12 +153,13 @@ def evaluate(model_dir: Path = typer.Option(..., "--model-dir"), data: Path = ty
 
 @app.command()
 def report(metrics: list[Path] = typer.Argument(..., help="metrics.json files of the evaluated models"),
-           out: Path = typer.Option(..., help="results/<study>"),
-           params: Optional[str] = ParamsOpt, config: Optional[Path] = ConfigOpt):
+           trajectories: list[Path] = typer.Option([], "--trajectories",
+                                                   help="an unlearned model directory (repeatable); its trajectory.csv, if any, is read"),
+           out: Path = typer.Option(..., help="results/<study>"), config: Path = ConfigOpt):
     """Summary table (parquet, CSV) and the forget-quality-vs-utility plot."""
     from forgetlab.recipes import report as recipe
 
-    recipe.run(resolve("report", params, config, None), metrics, out)
+    recipe.run(resolve("report", config, []), [*metrics, *trajectories], out)
 
 
 @app.command()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def load_config(path: str | Path) -> dict:
         config = yaml.safe_load(f)
     validate_schema(config)
     check_config(config)
+    check_soups(config)
     return config
 
 
@@ -69,6 +71,7 @@ def check_or_exit(config: dict, stamps: str | Path = ".snakemake/forgetlab") -> 
         stamp = Path(stamps) / f"config-ok-{fingerprint(config)}"
         if not stamp.exists():
             check_config(config)
+            check_soups(config)
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.touch()
     except ConfigError as e:
@@ -123,7 +126,8 @@ def check_config(config: dict) -> None:
     from forgetlab.unlearning.plugins import PLUGINS
 
     check_finite(config)  # Snakemake's own schema validation lets NaN through
-    for entry, components in config["regularizers"].items():
+    for entry in config["regularizers"]:
+        components = entry_components(config, entry)
         for i, spec in enumerate(components):
             key = f"regularizers.{entry}[{i}]"
             if spec["name"] not in REGULARIZERS:
@@ -195,11 +199,89 @@ def stage_threads(config: dict, stage: str) -> int:
     return config.get("threads", {}).get(stage, 1)
 
 
-def stage_params(config: dict, stage: str, **coords: Any) -> dict:
-    """The resolved parameters of one stage job: exactly what it reads, and what MLflow records.
+def entry_components(config: dict, entry: str) -> list[dict]:
+    """The regularizer components of a study entry: the entry itself (a list), or its
+    `regularizers` when the entry is a mapping with workflow options (`soup`)."""
+    value = config["regularizers"][entry]
+    return value["regularizers"] if isinstance(value, dict) else value
 
-    coords are the grid coordinates of the job (regularizer, seed, split, method, role, model).
-    """
+
+def entry_soup(config: dict, entry: str) -> dict | None:
+    """The entry's `soup` option (forgetlab.soup.Soup's fields), or None for a plain fine-tune."""
+    value = config["regularizers"][entry]
+    return value.get("soup") if isinstance(value, dict) else None
+
+
+def check_soups(config: dict) -> None:
+    from forgetlab.soup import Soup
+
+    for entry in config["regularizers"]:
+        soup = entry_soup(config, entry)
+        if soup is not None:
+            try:
+                Soup(**soup)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"config key regularizers.{entry}.soup: {e}") from e
+
+
+# A job's grid coordinates: their names and types. `forgetlab <stage> --at NAME=VALUE` and the
+# workflow's rules both name a job by these, and stage_params resolves its parameters from them.
+COORDINATES = {"model": str, "role": str, "regularizer": str, "seed": int, "split": str, "method": str,
+               "ingredient": int, "sequential_step": int, "sequential_chunks": int}
+ROLES = ("target", "oracle")
+
+
+def parse_coordinates(pairs: list[str]) -> dict:
+    """`["regularizer=none", "seed=0"]` -> `{"regularizer": "none", "seed": 0}`."""
+    coords = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in COORDINATES:
+            raise ConfigError(f"--at {pair!r}: expected NAME=VALUE with NAME one of {', '.join(COORDINATES)}")
+        try:
+            coords[name] = COORDINATES[name](value)
+        except ValueError:
+            raise ConfigError(f"--at {pair!r}: {name} must be an integer") from None
+    return coords
+
+
+def check_coordinates(config: dict, stage: str, coords: dict) -> None:
+    """Each coordinate names something the study has; the stage's required ones are present."""
+    known = {"regularizer": config["regularizers"], "method": config["methods"], "split": config["splits"]}
+    for name, names in known.items():
+        if name in coords and coords[name] not in names:
+            raise ConfigError(f"--at {name}={coords[name]}: the study has no such {name} (known: {', '.join(names)})")
+    if "role" in coords and coords["role"] not in ROLES:
+        raise ConfigError(f"--at role={coords['role']}: role is one of {', '.join(ROLES)}")
+    required = {"finetune": ["regularizer", "seed", "role"], "unlearn": ["regularizer", "seed", "split", "method"]}
+    required = required.get(stage, []) + (["split"] if coords.get("role") == "oracle" or stage == "evaluate" else [])
+    missing = [name for name in required if name not in coords]
+    if missing:
+        raise ConfigError(f"forgetlab {stage.replace('_', '-')} needs --at {' --at '.join(f'{m}=...' for m in missing)}")
+
+
+def snapshot(config: dict, directory: str | Path) -> Path:
+    """Write the (validated) study config to `directory/<digest>.yaml` once and return the path:
+    what every job of the study reads (`forgetlab <stage> --config`). Content-addressed, so a
+    job's recorded command names the exact config it ran with, and an edit never rewrites it."""
+    text = yaml.safe_dump(config, sort_keys=False)
+    path = Path(directory) / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
+def stage_params(config: dict, stage: str, **coords: Any) -> dict:
+    """The resolved parameters of one job, from the study config and the job's grid coordinates:
+    exactly what the job reads, and what MLflow records. The one resolver: the workflow's rules
+    (as their rerun trigger) and `forgetlab <stage> --config FILE --at ...` both call it."""
+    check_coordinates(config, stage, coords)
+    defaults = {"pretrain": {"model": "pretrained"}, "finetune": {"model": coords.get("role")},
+                "unlearn": {"model": "unlearned"}, "evaluate": {"model": "target"}}.get(stage, {})
+    coords = {**{k: v for k, v in defaults.items() if v is not None}, **coords}
     base = {"study": config["study"], "stage": stage, "threads": stage_threads(config, stage), **coords}
     if "precision" in config and stage in ("pretrain", "finetune", "unlearn", "evaluate"):
         base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
@@ -211,7 +293,9 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         return {**base, "seed": config["data"]["seed"], "model": config["model"], "train": config["pretrain"]}
     if stage == "finetune":
         reg = coords["regularizer"]
-        params = {**base, "train": config["finetune"], "regularizers": config["regularizers"][reg]}
+        params = {**base, "train": config["finetune"], "regularizers": entry_components(config, reg)}
+        if entry_soup(config, reg) is not None:
+            params["soup"] = entry_soup(config, reg)
         if coords.get("split"):
             params["retain_split"] = RETAIN_OF[coords["split"]]
         return params
@@ -225,7 +309,7 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         params = {**base, "evaluate": config["evaluate"], "retain_split": RETAIN_OF[coords["split"]],
                   "seed_data": config["data"]["seed"]}
         if coords.get("regularizer"):
-            params["regularizers"] = config["regularizers"][coords["regularizer"]]
+            params["regularizers"] = entry_components(config, coords["regularizer"])
         if coords.get("method"):
             params["method_spec"] = config["methods"][coords["method"]]
         return params

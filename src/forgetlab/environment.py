@@ -38,8 +38,7 @@ INFO_FIELDS = ("host", "git_commit", "platform", "snakemake")  # recorded; not t
 # set per stage: a stage's jobs share them (the config's threads.<stage>, precision; seeding stages
 # turn deterministic algorithms on), so they are compared within a stage
 JOB_FIELDS = ("threads", "omp_num_threads", "world_size", "precision", "compute_dtype", "deterministic_algorithms")
-SKIPPED_OPTIONS = ("--out", "--params", "--threads", "--step", "--chunks", "--seed", "--regularizer",
-                   "--method", "--split", "--role", "--model", "--ingredient", "--remote")
+SKIPPED_OPTIONS = ("--out", "--threads", "--at", "--remote")  # options whose value is no input path
 UNHASHED = (JOB_FILE, "environment.json")  # written after the job's inputs were read: not part of them
 
 

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from forgetlab import replay
 
-TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "soup",
+TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "fan_in",
             "sequential_step", "sequential_chunks")
 PROBE_TIMEOUT = (5, 60)  # seconds to connect to a server, and to wait for a busy one to answer
 # mlflow's documented HTTP client settings during a job: a few short retries, after which our own

@@ -1,17 +1,26 @@
 # The study grid and the paths of every artifact. The only place in the workflow with logic.
-import json
+from pathlib import Path
 
-from forgetlab.config import sequential_runs, stage_params, stage_threads
+from forgetlab.config import entry_soup, sequential_runs, snapshot, stage_params, stage_threads
+from forgetlab.soup import Soup
 
 STUDY = config["study"]
 DATA = f"data/{STUDY}"
 RES = f"results/{STUDY}"
 LOGS = f"{RES}/logs"
+# Every job reads its parameters from this snapshot of the validated config and its own grid
+# coordinates (`forgetlab <stage> --config STUDY_CONFIG --at ...`). Content-addressed, so a job's
+# recorded command names the exact config it ran with. The shells use it directly, not as an
+# input or a param (which `snakemake --lint` would prefer): its path changes with any key of the
+# config, and as an input or param it would rerun every job; each job's rerun trigger is its own
+# resolved parameters (params.stage).
+STUDY_CONFIG = snapshot(config, f"{RES}/configs")
+# the software of every rule (used with --use-conda)
+ENV = "../envs/forgetlab.yaml"
 
 REGULARIZERS = list(config["regularizers"])
-# entries with a model_soup are K ingredient fine-tunes plus a fan-in soup rule
-SOUP_K = {reg: c.get("k", 3) for reg, comps in config["regularizers"].items() for c in comps if c["name"] == "model_soup"}
-PLAIN = [reg for reg in REGULARIZERS if reg not in SOUP_K]
+# an entry with a `soup` option is k ingredient fine-tunes and a fan-in that averages them
+SOUP_K = {reg: Soup(**entry_soup(config, reg)).k for reg in REGULARIZERS if entry_soup(config, reg) is not None}
 METHODS = list(config["methods"])
 SPLITS = config["splits"]
 SEEDS = config["seeds"]
@@ -20,20 +29,29 @@ SEQ = sequential_runs(config)
 SEQ_STEPS = [str(j) for j in range(1, SEQ["chunks"] + 1)] if SEQ["methods"] else []
 
 
+def one_of(names):
+    """A wildcard regex matching exactly these names (or nothing, if there are none)."""
+    return "|".join(names) if names else "(?!x)x"
+
+
+# a fine-tuned model under finetune/<regularizer>/seed<k>/: `target`, or `<split>/oracle`; a
+# soup's ingredient i adds `/ingredient<i>`
+FINETUNED_MODEL = rf"(target|({one_of(SPLITS)})/oracle)"
+INGREDIENT = r"ingredient\d+"
+
+
 wildcard_constraints:
-    reg="|".join(REGULARIZERS),
-    method="|".join(METHODS),
-    split="|".join(SPLITS),
+    reg=one_of(REGULARIZERS),
+    method=one_of(METHODS),
+    split=one_of(SPLITS),
     seed=r"\d+",
-    i=r"\d+",
 
 
 # --- paths: results/<study>/<stage>/<regularizer>/seed<k>/<split>/<method>/ -------------------
 PRETRAINED = f"{RES}/pretrain/model"
+FINETUNED = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{tuned}}/model"
 TARGET = f"{RES}/finetune/{{reg}}/seed{{seed}}/target/model"
 ORACLE = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle/model"
-TARGET_INGREDIENT = f"{RES}/finetune/{{reg}}/seed{{seed}}/target/ingredient{{i}}/model"
-ORACLE_INGREDIENT = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle/ingredient{{i}}/model"
 UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}/model"
 EVAL_PRETRAINED = f"{RES}/eval/pretrained/{{split}}"
 EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}"
@@ -41,65 +59,91 @@ EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}"
 # never inside a method's evaluation directory, which its job replaces whole
 SEQ_UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}/model"
 SEQ_EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}"
+EVAL_OUT = ["metrics.json", "samples.parquet"]
 
 
-def eval_dir(w, model):
-    return EVAL.format(reg=w.reg, seed=w.seed, split=w.split, model=model)
+# --- a job's grid coordinates, from its wildcards ------------------------------------------------
+def finetune_coords(w):
+    """target, <split>/oracle, and either with /ingredient<i>."""
+    parts = w.tuned.split("/")
+    role = "oracle" if "oracle" in parts else "target"
+    c = {"model": role, "role": role, "regularizer": w.reg, "seed": int(w.seed)}
+    if role == "oracle":
+        c["split"] = parts[0]
+    if parts[-1].startswith("ingredient"):
+        c["ingredient"] = int(parts[-1].removeprefix("ingredient"))
+    return c
 
 
-def sequential_dir(pattern, w, step=None):
-    """A sequential step's path from a job's wildcards; `step` overrides the job's own."""
-    return pattern.format(reg=w.reg, seed=w.seed, split=w.split, method=w.method, step=w.step if step is None else step)
+def model_coords(w):
+    """An evaluated or unlearned model: pretrained, target, oracle, a method, or a sequential step."""
+    c = {"model": w.get("model", "unlearned"), "regularizer": w.get("reg"), "split": w.get("split"),
+         "seed": int(w.seed) if "seed" in w.keys() else None, "method": w.get("method")}
+    if c["model"] not in ("pretrained", "target", "oracle", "unlearned"):
+        c.update(model="unlearned", method=w.model)
+    if "step" in w.keys():
+        c.update(model="sequential", sequential_step=int(w.step), sequential_chunks=SEQ["chunks"])
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def job(stage, coords):
+    """The job's resolved parameters (its rules' rerun trigger) and its command-line coordinates."""
+    return {"stage": lambda w: stage_params(config, stage, **coords(w)),
+            "at": lambda w: " ".join(f"--at {k}={v}" for k, v in coords(w).items())}
+
+
+def data_dir(w, input):
+    return Path(input.qa).parent
+
+
+def out_dir(w, output):
+    return Path(output[0]).parent
+
+
+# --- which model each job reads ---------------------------------------------------------------
+def eval_file(model, name="samples.parquet"):
+    """A file of the evaluation of the job's `model` (target, oracle, ...) of the same grid cell."""
+    return lambda w: f"{EVAL.format(reg=w.reg, seed=w.seed, split=w.split, model=model)}/{name}"
+
+
+def ingredients(w):
+    """The k ingredient fine-tunes of a soup."""
+    return [f"{RES}/finetune/{w.reg}/seed{w.seed}/{w.tuned}/ingredient{i}/model" for i in range(SOUP_K[w.reg])]
 
 
 def sequential_start(w):
     """The model a sequential step starts from: the target for step 1, else the previous step's."""
     step = int(w.step)
-    return TARGET.format(reg=w.reg, seed=w.seed) if step == 1 else sequential_dir(SEQ_UNLEARNED, w, step - 1)
+    if step == 1:
+        return TARGET.format(reg=w.reg, seed=w.seed)
+    return SEQ_UNLEARNED.format(reg=w.reg, seed=w.seed, split=w.split, method=w.method, step=step - 1)
 
 
-def params_json(stage, **coords):
-    """The resolved parameters of one job, as the JSON its `forgetlab <stage> --params` reads."""
-    return json.dumps(stage_params(config, stage, **coords), sort_keys=True)
+def eval_inputs(w):
+    """The evaluated model of EVAL's `model` (target, oracle or a method) and its reference tables."""
+    model = {"target": TARGET, "oracle": ORACLE}.get(w.model, UNLEARNED)
+    inputs = {"model": model.format(reg=w.reg, seed=w.seed, split=w.split, method=w.model), "qa": rules.prepare_data.output.qa}
+    if w.model != "oracle":
+        inputs["oracle"] = eval_file("oracle")(w)
+    if w.model not in ("target", "oracle"):
+        inputs["target"] = eval_file("target")(w)
+    return inputs
 
 
-def one_of(names):
-    """A wildcard regex matching exactly these names (or nothing, if there are none)."""
-    return "|".join(names) if names else "(?!x)x"
+def tables(w, input):
+    """The evaluation's reference tables (`--oracle DIR`, `--target DIR`) from its inputs."""
+    return " ".join(f"--{name} {Path(input[name]).parent}" for name in ("oracle", "target") if name in input.keys())
 
 
-def ingredients(pattern):
-    """The K ingredient directories of a soup job."""
-    return lambda w: expand(pattern, i=range(SOUP_K[w.reg]), **dict(w.items()))
-
-
-def sequential_coords(w):
-    """Grid coordinates of a sequential step's jobs (unlearn and evaluate)."""
-    return coords(w, model="sequential", sequential_step=int(w.step), sequential_chunks=SEQ["chunks"])
-
-
-def coords(w, **extra):
-    """Grid coordinates of a job from its wildcards."""
-    c = {"regularizer": w.get("reg"), "seed": int(w.seed) if "seed" in w.keys() else None,
-         "split": w.get("split"), "method": w.get("method"),
-         "ingredient": int(w.i) if "i" in w.keys() else None}
-    return {k: v for k, v in {**c, **extra}.items() if v is not None}
-
-
+# --- what the study produces ------------------------------------------------------------------
 def all_metric_files():
     grid = dict(reg=REGULARIZERS, seed=SEEDS, split=SPLITS)
     return (
         expand(f"{EVAL_PRETRAINED}/metrics.json", split=SPLITS)
-        + expand(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}/metrics.json", model=["target", "oracle"], **grid)
-        + expand(f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}/metrics.json", model=METHODS, **grid)
-        + sequential_metric_files()
+        + expand(f"{EVAL}/metrics.json", model=["target", "oracle", *METHODS], **grid)
+        + expand(f"{SEQ_EVAL}/metrics.json", reg=SEQ["regularizers"], seed=SEEDS, split=SEQ["splits"],
+                 method=SEQ["methods"], step=SEQ_STEPS)
     )
-
-
-def sequential_metric_files():
-    """Every step's evaluation of every sequential run (none without a `sequential` section)."""
-    return expand(f"{SEQ_EVAL}/metrics.json", reg=SEQ["regularizers"], seed=SEEDS, split=SEQ["splits"],
-                  method=SEQ["methods"], step=SEQ_STEPS)
 
 
 def all_trajectory_dirs():

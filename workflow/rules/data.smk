@@ -5,11 +5,13 @@ rule prepare_data:
         tokenizer=directory(f"{DATA}/tokenizer"),
         manifest=f"{DATA}/manifest.json",
     params:
-        stage=params_json("prepare_data"),
-        out=DATA,
+        **job("prepare_data", lambda w: {}),
+        out=lambda w, output: Path(output.manifest).parent,
     resources:
         **stage_resources("prepare_data"),
     log:
         f"{LOGS}/prepare_data.log",
+    conda:
+        ENV
     shell:
-        "forgetlab prepare-data --out {params.out} --params {params.stage:q} > {log} 2>&1"
+        "forgetlab prepare-data --config {STUDY_CONFIG} --out {params.out} > {log} 2>&1"

@@ -5,13 +5,17 @@ rule pretrain:
     output:
         directory(PRETRAINED),
     params:
-        stage=params_json("pretrain", model="pretrained"),
-        data=DATA,
+        **job("pretrain", lambda w: {}),
+        data=lambda w, input: Path(input.corpus).parent,
     threads: stage_threads(config, "pretrain")
     resources:
         **stage_resources("pretrain"),
     log:
         f"{LOGS}/pretrain.log",
+    benchmark:
+        f"{LOGS}/pretrain.benchmark.tsv"
+    conda:
+        ENV
     shell:
-        "exec forgetlab pretrain --data {params.data} --out {output} --threads {threads}"
-        " --params {params.stage:q} > {log} 2>&1"
+        "exec forgetlab pretrain --config {STUDY_CONFIG} --data {params.data} --out {output}"
+        " --threads {threads} > {log} 2>&1"

@@ -17,14 +17,17 @@ rule report:
         sequential=report(f"{RES}/sequential_unlearning.png", caption="../report/sequential.rst", category="Figures"),
         environment=report(f"{RES}/environment.json", caption="../report/environment.rst", category="Environment"),
     params:
-        stage=params_json("report"),
-        out=RES,
+        **job("report", lambda w: {}),
+        trajectories=lambda w, input: " ".join(f"--trajectories {d}" for d in input.trajectories),
+        out=lambda w, output: Path(output.summary).parent,
     resources:
         **stage_resources("report"),
     log:
         f"{LOGS}/report.log",
+    conda:
+        ENV
     shell:
-        "forgetlab report {input:q} --out {params.out} --params {params.stage:q} > {log} 2>&1"
+        "forgetlab report --config {STUDY_CONFIG} {input.metrics:q} {params.trajectories} --out {params.out} > {log} 2>&1"
 
 
 # Version the finished study with DVC: `dvc push` sends it to the remote, and in any clone
@@ -36,10 +39,12 @@ rule track:
         data=f"{DATA}.dvc",
         results=f"{RES}.dvc",
     params:
-        targets=[DATA, RES],
+        targets=lambda w, output: [Path(path).with_suffix("") for path in output],
     resources:
         **stage_resources("track"),
     log:
         f"results/.{STUDY}.track.log",
+    conda:
+        ENV
     shell:
         "dvc add {params.targets} > {log} 2>&1"

@@ -5,13 +5,17 @@ rule unlearn:
     output:
         directory(UNLEARNED),
     params:
-        stage=lambda w: params_json("unlearn", **coords(w, model="unlearned")),
-        data=DATA,
+        **job("unlearn", model_coords),
+        data=data_dir,
     threads: stage_threads(config, "unlearn")
     resources:
         **stage_resources("unlearn"),
     log:
         f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
+    benchmark:
+        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}.benchmark.tsv"
+    conda:
+        ENV
     shell:
-        "exec forgetlab unlearn --target {input.target} --data {params.data} --out {output}"
-        " --threads {threads} --params {params.stage:q} > {log} 2>&1"
+        "exec forgetlab unlearn --config {STUDY_CONFIG} {params.at} --target {input.target} --data {params.data}"
+        " --out {output} --threads {threads} > {log} 2>&1"

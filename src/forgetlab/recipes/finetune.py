@@ -12,6 +12,7 @@ from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save
 from forgetlab.qa import collate, encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.regularizers import build_regularizers
+from forgetlab.soup import Soup
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
 
@@ -20,19 +21,18 @@ def training_file(params: dict) -> str:
     return "full" if params["role"] == "target" else params["retain_split"]
 
 
-def ingredient_settings(params: dict, regularizers: list) -> tuple[int, dict]:
-    """The seed and train settings of this job: a model_soup ingredient varies its seed or lr."""
+def ingredient_settings(params: dict) -> tuple[int, dict]:
+    """The seed and train settings of this job: a soup's ingredient varies its seed or lr."""
     seed, train_cfg = params["seed"], dict(params["train"])
     if params.get("ingredient") is not None:
-        soup = next(r for r in regularizers if r.name == "model_soup")
-        seed, train_cfg["lr"] = soup.ingredient(params["ingredient"], seed, train_cfg["lr"])
+        seed, train_cfg["lr"] = Soup(**params["soup"]).ingredient(params["ingredient"], seed, train_cfg["lr"])
     return seed, train_cfg
 
 
 def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
     set_threads(params)
     regularizers = build_regularizers(params["regularizers"])
-    seed, train_cfg = ingredient_settings(params, regularizers)
+    seed, train_cfg = ingredient_settings(params)
     seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(pretrained)

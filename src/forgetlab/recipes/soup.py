@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from forgetlab.model import atomic_dir, check_checkpoint
 from forgetlab.recipes import write_json
-from forgetlab.regularizers.model_soup import average_checkpoints
+from forgetlab.soup import average_checkpoints
 from forgetlab.tracking import stage_run
 
 

@@ -1,4 +1,4 @@
-"""model_soup: ingredient settings and the uniform average of the fan-in."""
+"""A regularizer entry's `soup` option: ingredient settings and the uniform average of the fan-in."""
 
 from __future__ import annotations
 
@@ -11,28 +11,31 @@ from safetensors.torch import load_file, save_file
 from forgetlab.model import load_model
 from forgetlab.recipes import soup
 from forgetlab.recipes.finetune import ingredient_settings
-from forgetlab.regularizers import build_regularizers
-from forgetlab.regularizers.model_soup import average_checkpoints
+from forgetlab.soup import Soup, average_checkpoints
 
 
 def test_ingredients_vary_seed_or_lr():
-    specs = [{"name": "model_soup", "k": 3, "vary": "seed"}, {"name": "dropout"}]
-    params = {"seed": 2, "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4}, "ingredient": 1}
-    assert ingredient_settings(params, build_regularizers(specs)) == (2001, params["train"])
-    lr_specs = [{"name": "model_soup", "k": 2, "vary": "lr", "lr_factors": [0.5, 2.0]}]
-    seed, cfg = ingredient_settings({**params, "ingredient": 1}, build_regularizers(lr_specs))
+    params = {"seed": 2, "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4}, "ingredient": 1, "soup": {"k": 3, "vary": "seed"}}
+    assert ingredient_settings(params) == (2001, params["train"])  # seed * 1000 + i
+    lr_params = {**params, "soup": {"k": 2, "vary": "lr", "lr_factors": [0.5, 2.0]}}
+    seed, cfg = ingredient_settings(lr_params)
     assert (seed, cfg["lr"]) == (2, 2e-3)
-    assert ingredient_settings({**params, "ingredient": None}, build_regularizers(lr_specs)) == (2, params["train"])
+    assert ingredient_settings({**lr_params, "ingredient": None}) == (2, params["train"])  # the fan-in's own params
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"k": 1}, "model_soup.k"),
-    ({"vary": "data"}, "model_soup.vary"),
-    ({"k": 3, "vary": "lr", "lr_factors": [1.0, 2.0]}, "model_soup.lr_factors"),
+    ({"k": 1}, "soup.k"),
+    ({"vary": "data"}, "soup.vary"),
+    ({"k": 3, "vary": "lr", "lr_factors": [1.0, 2.0]}, "soup.lr_factors"),
 ])
 def test_bad_soup_is_rejected(spec, message):
     with pytest.raises(ValueError, match=message):
-        build_regularizers([{"name": "model_soup", **spec}])
+        Soup(**spec)
+
+
+def test_ingredient_outside_the_soup_is_rejected():
+    with pytest.raises(ValueError, match="outside 0..1"):
+        Soup(k=2).ingredient(2, 0, 1e-3)
 
 
 def test_average_is_uniform_by_hand(tmp_path):
