@@ -31,7 +31,7 @@ from forgetlab.losses import lm_loss
 from forgetlab.model import new_llama
 from forgetlab.qa import collate
 from forgetlab.regularizers import REGULARIZERS, build_regularizers
-from forgetlab.train import Loader, TrainConfig, train
+from forgetlab.train import Loader, TrainConfig, TrainContext, train
 
 BY_DESIGN = {"send": "activation probes every K steps"}
 
@@ -43,8 +43,8 @@ def seconds_per_step(specs, model_cfg, tok, examples, cfg: TrainConfig, steps: i
     probe = collate(examples[: cfg.batch_size], tok.pad_token_id)
     loader = Loader(examples, cfg.batch_size, tok.pad_token_id, seed=0)
     start = time.perf_counter()
-    train(model, partial(lm_loss, regularizers=regs), iter(loader), steps, cfg, regularizers=regs, probe=probe,
-          desc=specs[0]["name"])
+    train(model, partial(lm_loss, regularizers=regs), iter(loader), steps, cfg, hooks=regs,
+          context=TrainContext(total_steps=steps, probe=probe), desc=specs[0]["name"])
     return (time.perf_counter() - start) / steps
 
 

@@ -44,7 +44,7 @@ def seconds_per_step(spec, model, tok, forget, retain, cfg: TrainConfig, steps: 
                        retain=Loader(retain, cfg.batch_size, pad, 3))
     batches = paired(Loader(forget, cfg.batch_size, pad, 0), Loader(retain, cfg.batch_size, pad, 1))
     start = time.perf_counter()
-    train(model, method.loss, batches, steps, cfg, regularizers=[method, *method.plugins],
+    train(model, method.loss, batches, steps, cfg, hooks=[method, *method.plugins],
           desc=spec["name"], context=ctx)
     return (time.perf_counter() - start) / steps
 

@@ -49,7 +49,7 @@ def mutated(edit):
          "regularizers.two: label_smoothing and multi_sample_dropout both replace the loss"),
         (lambda c: c["finetune"].update(eval_every=5), "finetune"),  # the trajectory is an unlearning setting
         (lambda c: c["unlearn"].update(eval_every=-1), "unlearn.eval_every"),
-        (lambda c: c["methods"]["npo"].update(plugins=["salun"]), "methods.npo.plugins[0]: unknown plug-in 'salun'"),
+        (lambda c: c["methods"]["npo"].update(plugins=["salun"]), "methods.npo.plugins[0].name: unknown unlearning plug-in 'salun'"),
         (lambda c: c["methods"]["npo"].update(plugins=[{"name": "Saliency"}]), "methods.npo.plugins.0"),
     ],
 )

@@ -21,7 +21,13 @@ from forgetlab.config import ConfigError, validate_schema
 from forgetlab.losses import lm_loss
 from forgetlab.train import Loader, TrainConfig, seed_everything, train
 from tests.conftest import cli_env, smoke_config
-from tests.test_resume import assert_same_history, assert_same_weights, command, finished_run, interrupted, job
+from tests.test_resume import (
+    assert_same_history,
+    assert_same_weights,
+    command,
+    finished_run,
+    interrupted,
+)
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -104,17 +110,18 @@ def test_a_bad_distributed_section_is_rejected_naming_the_key():
         validate_schema(config)
 
 
-def ddp_finetune(**train) -> dict:
-    params = job("finetune", [{"name": "dropout"}], **train)
-    params["distributed"] = {"nproc_per_node": 2, "backend": "gloo"}
-    return params
+DDP = {"distributed": {"nproc_per_node": 2, "backend": "gloo"}}
+
+
+def ddp_finetune(model: Path, data: Path, out: Path, **train) -> list[str]:
+    """The command of a data-parallel finetune job (2 gloo workers)."""
+    return command("finetune", [{"name": "dropout"}], train, model, data, out, extra=DDP)
 
 
 def test_the_config_switch_launches_workers_with_one_run_and_one_output(smoke_data, tiny_model_dir, tmp_path):
     env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
     out = tmp_path / "out"
-    params = ddp_finetune(max_steps=40)
-    proc = subprocess.run(command("finetune", params, tiny_model_dir, smoke_data, out), cwd=tmp_path, env=env,
+    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, out, max_steps=40), cwd=tmp_path, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "launching 2 data-parallel workers" in proc.stderr
@@ -131,13 +138,11 @@ def test_a_sigtermed_data_parallel_job_resumes_bit_identical(smoke_data, tiny_mo
     for d in (reference, resumed):
         d.mkdir()
     env_ref, env_res = (cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'm.db'}") for d in (reference, resumed))
-    plain = ddp_finetune(max_steps=240)
-    proc = subprocess.run(command("finetune", plain, tiny_model_dir, smoke_data, reference / "out"),
+    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, reference / "out", max_steps=240),
                           cwd=reference, env=env_ref, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    params = ddp_finetune(max_steps=240, checkpoint_every=60)
-    cmd = command("finetune", params, tiny_model_dir, smoke_data, resumed / "out")
+    cmd = ddp_finetune(tiny_model_dir, smoke_data, resumed / "out", max_steps=240, checkpoint_every=60)
     steps = interrupted(cmd, resumed, resumed / "out", env_res, [signal.SIGTERM], 60, "finetune target")
     assert 0 < steps[0] < 240
     assert_same_weights(reference / "out", resumed / "out")

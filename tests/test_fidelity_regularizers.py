@@ -136,7 +136,7 @@ def _swa_train(total, lr, wd, **params):
     cfg = TrainConfig(epochs=1, batch_size=8, lr=lr, warmup_ratio=0.0, schedule="constant",
                       max_grad_norm=1e9, weight_decay=wd)
     train(model, lambda m, batch: (((m(x) - y) ** 2).mean(), {}), iter([{}] * total), total, cfg,
-          regularizers=regs, desc="fidelity")
+          hooks=regs, desc="fidelity")
     return model.weight.detach().numpy(), model.bias.detach().numpy(), regs[0]
 
 

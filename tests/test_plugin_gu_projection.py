@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from forgetlab.losses import nll
+from forgetlab.registry import build
 from forgetlab.train import Loader, TrainContext
 from forgetlab.unlearning import build_method
-from forgetlab.unlearning.plugins import build_plugin
+from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.gu_projection import orthonormal_basis, project_out
 from tests.test_plugin_saliency import tiny_world
 
@@ -118,7 +119,7 @@ def test_binding_pass_through_and_checks(smoke_data, tiny_model_dir):
     with torch.no_grad():  # before setup, and without gradients, the method's own loss
         assert method.loss(model, batch)[0].item() == type(method).loss(method, model, batch)[0].item()
     with pytest.raises(ValueError, match="not bound to a method"):
-        build_plugin("gu_projection").setup(model, TrainContext(total_steps=1, retain=Loader(retain, 4, pad, seed=1)))
+        build(PLUGINS, "gu_projection").setup(model, TrainContext(total_steps=1, retain=Loader(retain, 4, pad, seed=1)))
 
 
 def test_parameters_are_checked():

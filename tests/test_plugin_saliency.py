@@ -11,9 +11,10 @@ from forgetlab.losses import nll
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl
+from forgetlab.registry import build
 from forgetlab.train import Loader, TrainConfig, TrainContext, paired, train
 from forgetlab.unlearning import build_method
-from forgetlab.unlearning.plugins import build_plugin
+from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.saliency import top_fraction_mask
 from tests.conftest import smoke_config
 from tests.test_losses import FORGET, LOGITS, FixedLogits
@@ -54,11 +55,11 @@ def test_saliency_mask_on_fixed_logits_is_worked():
     # |g| = [[1/4, 1/4], [1/8, 1/8], [0, 0]]
     model = FixedLogits(LOGITS)
     ctx = TrainContext(total_steps=1, forget=[FORGET])
-    plugin = build_plugin({"name": "saliency", "fraction": 1 / 3})  # s = 2 of 6
+    plugin = build(PLUGINS, {"name": "saliency", "fraction": 1 / 3})  # s = 2 of 6
     plugin.setup(model, ctx)
     assert masks_as_lists(plugin) == [[[[True, True], [False, False], [False, False]]]]
     assert model.logits.grad is None  # the mask's gradients never reach p.grad
-    plugin = build_plugin({"name": "saliency", "fraction": 0.5})  # s = 3: the 1/8 tie goes to [1][0]
+    plugin = build(PLUGINS, {"name": "saliency", "fraction": 0.5})  # s = 3: the 1/8 tie goes to [1][0]
     plugin.setup(model, ctx)
     assert masks_as_lists(plugin) == [[[[True, True], [True, False], [False, False]]]]
     assert plugin.summary() == pytest.approx({"saliency.masked_fraction": 0.5, "saliency.threshold": 1 / 8})
@@ -66,7 +67,7 @@ def test_saliency_mask_on_fixed_logits_is_worked():
 
 def test_saliency_mask_is_the_top_s_of_the_forget_gradient_on_a_tiny_model(smoke_data, tiny_model_dir):
     model, pad, forget, _ = tiny_world(smoke_data, tiny_model_dir)
-    plugin = build_plugin({"name": "saliency", "fraction": 0.1, "batches": 2})
+    plugin = build(PLUGINS, {"name": "saliency", "fraction": 0.1, "batches": 2})
     plugin.setup(model, TrainContext(total_steps=1, forget=Loader(forget, 4, pad, seed=7)))
     # the same two batches, an independent gradient: backward() on the summed losses
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,7 +94,7 @@ def test_only_masked_weights_change_under_training(spec, smoke_data, tiny_model_
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, min_lr_ratio=1.0)
     ctx = TrainContext(total_steps=4, forget=Loader(forget, 4, pad, seed=2), retain=Loader(retain, 4, pad, seed=3))
     train(model, method.loss, paired(Loader(forget, 4, pad, seed=0), None), 4, cfg,
-          regularizers=[method, *method.plugins], context=ctx)
+          hooks=[method, *method.plugins], context=ctx)
     plugin = method.plugins[0]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     changed = 0
@@ -114,7 +115,7 @@ def test_plugins_build_check_and_config_errors():
     method.accepts_plugins = False
     for name in ("gu_projection", "saliency", "wagle", "wagle_taylor"):
         with pytest.raises(ValueError, match="cannot apply"):
-            build_plugin(name).check(method)
+            build(PLUGINS, name).check(method)
 
     config = smoke_config()
     config["methods"]["x"] = {"name": "npo", "plugins": ["no_such_plugin"]}
@@ -126,7 +127,7 @@ def test_plugins_build_check_and_config_errors():
     config["methods"]["x"] = {"name": "npo", "plugins": [{"name": "wagle", "mu": 1e-3, "fraction": 0.3}]}
     check_config(config)
     config["methods"]["x"] = {"name": "npo", "plugins": [{"name": "wagle", "gamma": 0.5}]}  # wagle_taylor's
-    with pytest.raises(ConfigError, match=r"plugins\[0\]\.gamma: unknown parameter"):
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.gamma: wagle has no parameter 'gamma'"):
         check_config(config)
 
 
@@ -167,7 +168,7 @@ def test_freeze_unmasked_false_masks_only_the_gradient(smoke_data, tiny_model_di
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, weight_decay=0.1, warmup_ratio=0.0, min_lr_ratio=1.0)
     ctx = TrainContext(total_steps=3, forget=Loader(forget, 4, pad, seed=2), retain=Loader(retain, 4, pad, seed=3))
     train(model, method.loss, paired(Loader(forget, 4, pad, seed=0), None), 3, cfg,
-          regularizers=[method, *method.plugins], context=ctx)
+          hooks=[method, *method.plugins], context=ctx)
     plugin = method.plugins[0]
     for p, p0, mask in zip(plugin._params, initial, plugin.masks):
         assert torch.allclose(p.detach()[~mask], p0[~mask] * (1 - 1e-3 * 0.1) ** 3, rtol=1e-6, atol=0)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from forgetlab.qa import IGNORE
+from forgetlab.registry import build
 from forgetlab.train import TrainContext
 from forgetlab.unlearning import build_method
-from forgetlab.unlearning.plugins import build_plugin
+from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.wagle_taylor import attribution_scores
 from tests.test_losses import FORGET, LN, FixedLogits, batch
 
@@ -27,7 +28,7 @@ def test_attribution_score_is_worked():
 
 
 def taylor_mask(**spec):
-    plugin = build_plugin({"name": "wagle_taylor", **spec})
+    plugin = build(PLUGINS, {"name": "wagle_taylor", **spec})
     plugin.setup(FixedLogits(LOGITS), TrainContext(total_steps=1, forget=[FORGET], retain=[RETAIN]))
     return [m.tolist() for m in plugin.masks], plugin
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from forgetlab.model import load_model, save_model
+from forgetlab.registry import ComponentError
 from forgetlab.regularizers import build_regularizers
 from tests.test_reg_lora import MATRIX, finetune, lora_factors
 
@@ -60,11 +61,11 @@ def test_out_of_range_params_are_rejected(spec, param):
 
 
 def test_lora_parameters_of_lora_are_not_accepted():
-    with pytest.raises(TypeError):
+    with pytest.raises(ComponentError, match="allora has no parameter 'alpha'"):
         build_regularizers([{"name": "allora", "alpha": 16.0}])
-    with pytest.raises(TypeError):
+    with pytest.raises(ComponentError, match="allora has no parameter 'dropout'"):
         build_regularizers([{"name": "allora", "dropout": 0.1}])
-    with pytest.raises(TypeError):  # the former per-tensor rule's knobs
+    with pytest.raises(ComponentError, match="allora has no parameter 'max_factor'"):  # the former per-tensor rule's knobs
         build_regularizers([{"name": "allora", "max_factor": 10.0}])
 
 

@@ -47,7 +47,7 @@ def finetune(model_dir, data_dir, specs, steps=2, lr=1e-2, capture=None, prepare
         prepare(regs)
     cfg = TrainConfig(**{"epochs": 1, "batch_size": 8, "lr": lr, "warmup_ratio": 0.0, **cfg})
     model = train(model, partial(lm_loss, regularizers=regs), batches(data_dir, tokenizer), steps, cfg,
-                  regularizers=regs, desc="test")
+                  hooks=regs, desc="test")
     return model, tokenizer, regs
 
 

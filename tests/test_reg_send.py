@@ -117,8 +117,8 @@ def test_mlp_refresh_schedule_in_the_loop(tiny_model_dir, smoke_data):
     (reg,) = build_regularizers([{"name": "send_mlp", "every": 2, "window": 2, "q": 0.25}])
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_ratio=0.0)
     loader = Loader(examples, 8, tokenizer.pad_token_id, seed=0)
-    train(model, partial(lm_loss, regularizers=[reg]), iter(loader), 7, cfg, regularizers=[reg],
-          probe=collate(examples[:8], tokenizer.pad_token_id))
+    train(model, partial(lm_loss, regularizers=[reg]), iter(loader), 7, cfg, hooks=[reg],
+          context=TrainContext(total_steps=7, probe=collate(examples[:8], tokenizer.pad_token_id)))
     # refreshes after steps 1, 3, 5; masks from the 2nd refresh on
     assert reg.summary() == {"refreshes": 3.0, "dropped_fraction": 0.25}
     assert all(not layer.mlp.down_proj._forward_pre_hooks for layer in model.model.layers)
@@ -210,8 +210,8 @@ def test_schedule_in_the_loop(tiny_model_dir, smoke_data):
     (reg,) = build_regularizers([{"name": "send", "every": 2, "window": 2, "q": 0.25}])
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_ratio=0.0)
     loader = Loader(examples, 8, tokenizer.pad_token_id, seed=0)
-    train(model, partial(lm_loss, regularizers=[reg]), iter(loader), 7, cfg, regularizers=[reg],
-          probe=collate(examples[:8], tokenizer.pad_token_id))
+    train(model, partial(lm_loss, regularizers=[reg]), iter(loader), 7, cfg, hooks=[reg],
+          context=TrainContext(total_steps=7, probe=collate(examples[:8], tokenizer.pad_token_id)))
     # checkpoints after steps 1, 3, 5; the first window (checkpoints 1-2) closes after step 3
     assert reg.summary() == {"checkpoints": 3.0, "refreshes": 1.0, "dropped_fraction": 0.25}
     assert all(not layer._forward_hooks for layer in model.model.layers)

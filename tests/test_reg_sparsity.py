@@ -55,7 +55,7 @@ def test_real_run_reaches_the_target_and_keeps_pruned_weights_at_zero(smoke_data
         zeros_seen.append([(w == 0).clone() for w in reg._weights])
 
     reg.after_step = recording_after_step
-    model = train(model, partial(lm_loss, regularizers=[reg]), iter(loader), steps, cfg, regularizers=[reg])
+    model = train(model, partial(lm_loss, regularizers=[reg]), iter(loader), steps, cfg, hooks=[reg])
 
     layers = model.model.layers
     pruned = [w for layer in layers for w in (

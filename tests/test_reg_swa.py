@@ -162,7 +162,7 @@ def test_swa_averages_the_lora_adapters_before_the_merge(tiny_model_dir):
     ids = torch.randint(4, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
     cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-2, warmup_ratio=0.0)
-    train(load_model(tiny_model_dir), lambda m, b: lm_loss(m, b, regs), iter([batch] * 3), 3, cfg, regularizers=regs)
+    train(load_model(tiny_model_dir), lambda m, b: lm_loss(m, b, regs), iter([batch] * 3), 3, cfg, hooks=regs)
     swa = regs[0]
     assert swa.summary()["snapshots"] == 3
     assert swa._params and all(min(p.shape) == 2 for p in swa._params)  # the rank-2 A and B matrices only

@@ -54,7 +54,7 @@ def test_one_adamw_step_with_zero_gradient_shrinks_only_the_matrix():
     def loss_fn(m, b):  # a loss with exactly zero gradient: only the decay moves the weights
         return (m.w * 0).sum() + (m.norm * 0).sum(), {}
 
-    train(model, loss_fn, iter([{}]), steps=1, cfg=cfg, regularizers=[reg])
+    train(model, loss_fn, iter([{}]), steps=1, cfg=cfg, hooks=[reg])
     assert torch.equal(model.w.detach(), w0 * (1 - lr * coef))
     assert torch.allclose(model.w.detach(), torch.tensor([[2.0 * 0.975, -3.0 * 0.975]]))
     assert torch.equal(model.norm.detach(), n0)

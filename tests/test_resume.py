@@ -18,20 +18,20 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from forgetlab.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
+from forgetlab.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
 from forgetlab.config import stage_params
+from forgetlab.hooks import Hooks
 from forgetlab.recipes import finetune, unlearn
 from forgetlab.train import Loader, TrainConfig, TrainContext, train
-from forgetlab.unlearning import Hooks
 from tests.conftest import REPO, cli_env, smoke_config
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def study(stage: str, entry: list | dict, **train) -> tuple[dict, dict]:
+def study(stage: str, entry: list | dict, extra: dict | None = None, **train) -> tuple[dict, dict]:
     """A smoke config whose one finetune (target) or unlearn job runs `entry`, with train
-    overrides, and that job's grid coordinates."""
-    config = smoke_config()
+    overrides (and `extra` top-level keys, e.g. distributed), and that job's grid coordinates."""
+    config = {**smoke_config(), **(extra or {})}
     config.pop("sequential")  # it names entries that this config replaces
     if stage == "finetune":
         config["regularizers"] = {"r": entry}
@@ -49,9 +49,10 @@ def job(stage: str, entry: list | dict, **train) -> dict:
     return stage_params(config, stage, **coords)
 
 
-def command(stage: str, entry: list | dict, train: dict, model: Path, data: Path, out: Path) -> list[str]:
+def command(stage: str, entry: list | dict, train: dict, model: Path, data: Path, out: Path,
+            extra: dict | None = None) -> list[str]:
     """The job's command line: its config written next to `out`, and its coordinates."""
-    config, coords = study(stage, entry, **train)
+    config, coords = study(stage, entry, extra, **train)
     path = out.parent / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     source = "--pretrained" if stage == "finetune" else "--target"
@@ -278,7 +279,7 @@ def _toy(tmp_path, hook, batches=None, every=2):
         return m(b["input_ids"].float()).pow(2).mean(), {}
 
     batches = batches if batches is not None else iter(Loader(examples, 2, 0, seed=0))
-    return lambda: train(model, loss_fn, batches, 4, cfg, regularizers=[hook], context=ctx,
+    return lambda: train(model, loss_fn, batches, 4, cfg, hooks=[hook], context=ctx,
                          checkpoint=Checkpointer(tmp_path / "ckpt" / "state.pt", every))
 
 

@@ -13,7 +13,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from forgetlab.config import ConfigError, check_config, sequential_runs, stage_params, validate_schema
+from forgetlab.config import (
+    ConfigError,
+    check_config,
+    parse_coordinates,
+    sequential_runs,
+    stage_params,
+    validate_schema,
+)
 from forgetlab.recipes import read_jsonl, unlearn
 from forgetlab.sequential import author_chunks, forget_chunk
 from tests.conftest import REPO, cli_env, smoke_config
@@ -127,15 +134,11 @@ def test_stage_params_of_a_step_and_unchanged_params_of_the_others():
                     "seed_data": config["data"]["seed"]}
 
 
-def test_the_cli_names_a_step_by_step_and_chunks():
-    import typer
-
-    from forgetlab.cli import sequential_model
-
-    assert sequential_model("unlearned", None, None) == {"model": "unlearned"}
-    assert sequential_model("unlearned", 2, 3) == {"model": "sequential", "sequential_step": 2, "sequential_chunks": 3}
-    with pytest.raises(typer.Exit):
-        sequential_model("unlearned", 1, None)
+def test_the_cli_names_a_step_by_its_coordinates():
+    coords = parse_coordinates(["regularizer=none", "seed=0", "split=forget10", "method=npo", "model=sequential",
+                                "sequential_step=2", "sequential_chunks=3"])
+    params = stage_params(with_sequential({"chunks": 3, "regularizers": ["none"], "methods": ["npo"]}), "unlearn", **coords)
+    assert (params["model"], params["sequential_step"], params["sequential_chunks"]) == ("sequential", 2, 3)
 
 
 # --- one step through the recipe -----------------------------------------------------------------

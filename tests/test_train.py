@@ -144,7 +144,7 @@ def test_adamw_gets_the_configured_betas_weight_decay_and_schedule(betas, weight
         return (m.weight * b["g"]).sum(), {}
 
     batches = iter([{"g": torch.tensor([g])} for g in grads])
-    train(model, loss_fn, batches, steps=5, cfg=cfg, regularizers=[Spy()], log=lambda s, row: lrs.append(row["lr"]))
+    train(model, loss_fn, batches, steps=5, cfg=cfg, hooks=[Spy()], log=lambda s, row: lrs.append(row["lr"]))
     # 5 steps, W = round(0.4 * 5) = 2: warm-up 1/2, 2/2, then linear decay (5 - s) / 3 for s = 2, 3, 4
     hand = [0.05, 0.1, 0.1, 0.1 * 2 / 3, 0.1 / 3]
     assert lrs == pytest.approx(hand)

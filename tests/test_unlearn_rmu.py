@@ -81,7 +81,7 @@ def _changed_after_training(tiny_model_dir, **spec):
     method.reference = frozen
     cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-2, max_steps=3, warmup_ratio=0.0, min_lr_ratio=1.0)
     forget, retain = Loader(examples(4, 0), 2, PAD, seed=0), Loader(examples(4, 1), 2, PAD, seed=1)
-    train(model, method.loss, paired(forget, retain), 3, cfg, regularizers=[method],
+    train(model, method.loss, paired(forget, retain), 3, cfg, hooks=[method],
           context=TrainContext(total_steps=3))
     after = model.state_dict()
     assert all(torch.equal(frozen_before[k], v) for k, v in frozen.state_dict().items())

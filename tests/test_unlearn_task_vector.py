@@ -5,11 +5,12 @@ import copy
 import pytest
 import torch
 
+from forgetlab.hooks import Hooks
 from forgetlab.losses import nll
 from forgetlab.model import load_model
 from forgetlab.qa import IGNORE, collate
 from forgetlab.train import Loader, TrainConfig, TrainContext, paired, train
-from forgetlab.unlearning import Hooks, build_method
+from forgetlab.unlearning import build_method
 from forgetlab.unlearning.plugins import Plugin
 
 PAD = 0
@@ -51,7 +52,7 @@ def test_finalize_subtracts_the_scaled_task_vector(tiny_model_dir, alpha):
     forget = collate(examples(4, 0), PAD)
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_steps=3, warmup_ratio=0.0, min_lr_ratio=1.0)
     model = train(model, method.loss, paired(Loader(examples(4, 0), 4, PAD, seed=0), None), 3, cfg,
-                  regularizers=[method, snapshot], context=TrainContext(total_steps=3))
+                  hooks=[method, snapshot], context=TrainContext(total_steps=3))
     theta_ft = snapshot.params
     with torch.no_grad():  # the loop descended on forget: theta_ft fits it better than the target
         assert nll(with_params(model, theta_ft), forget) < nll(target, forget)

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from forgetlab import distributed
+from forgetlab.distributed import EXIT_PREEMPTED
 
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
 FORMAT = 1
 
 
@@ -143,20 +143,10 @@ class Checkpointer:
 
     @classmethod
     def for_stage(cls, out, params: dict, mlrun, every: int = 0, inputs=()) -> "Checkpointer":
-        """The checkpointer of a stage job writing `out`, logging step metrics to its MLflow run."""
-
-        def tag(step: int, previous_run: str | None) -> None:
-            tags = {"resumed_from_step": str(step), **({"resumed_from_run": previous_run} if previous_run else {})}
-            from forgetlab.tracking import retry
-
-            try:
-                for k, v in tags.items():
-                    retry(mlrun.client.set_tag, mlrun.run_id, k, v)
-            except Exception as e:  # the tag is informative; the job goes on without it
-                print(f"warning: could not tag the MLflow run {tags} ({e})", file=sys.stderr)
-
+        """The checkpointer of a stage job writing `out`: step metrics go to its MLflow run, which
+        a resumed job tags (`mlrun.resumed`, forgetlab.tracking.Run)."""
         return cls(checkpoint_dir(out) / "state.pt", every, fingerprint(params, inputs), StepLog(mlrun.log_step),
-                   on_resume=tag, run_id=getattr(mlrun, "run_id", None))
+                   on_resume=mlrun.resumed, run_id=getattr(mlrun, "run_id", None))
 
     def due(self, done: int, total: int) -> bool:
         return self.every > 0 and done % self.every == 0 and done < total
@@ -232,3 +222,96 @@ class Checkpointer:
               f"{EXIT_PREEMPTED} so that the job is rerun (SLURM requeue, snakemake --rerun-incomplete "
               "or --retries): the rerun resumes from the checkpoint", file=sys.stderr, flush=True)
         return Preempted()
+
+
+# --- a training run's whole state, at an optimizer-step boundary -----------------------------
+
+def preempt(checkpoint: Checkpointer, done: int, steps: int, saved: int, parts: tuple) -> None:
+    """After SIGTERM: save the state at this step boundary (unless just saved) and exit with 143."""
+    reason = ""
+    if saved != done:
+        try:
+            checkpoint.save(snapshot(done, *parts))
+            saved = done
+        except CheckpointError as e:
+            reason = str(e)
+    raise checkpoint.stop(done, steps, saved == done, reason)
+
+
+def hook_name(hook) -> str:
+    return f"{type(hook).__module__}.{type(hook).__qualname__}:{getattr(hook, 'name', '')}"
+
+
+def snapshot(done, model, optimizer, scheduler, batches, ctx, hooks, log) -> dict:
+    """Everything a resumed run needs to continue exactly from `done` completed steps."""
+    if not hasattr(batches, "state_dict"):
+        raise CheckpointError("the data iterator has no state_dict (use forgetlab.train.Loader / paired)")
+    missing = [hook_name(h) for h in hooks if not hasattr(h, "state_dict")]
+    if missing:
+        raise CheckpointError(f"hooks without state_dict cannot be checkpointed: {missing}")
+    for loader in loaders_of(batches, ctx):  # a new snapshot: every iterator in it must be saved again
+        loader.snapshots += 1
+    state = {
+        "step": done,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "batches": batches.state_dict(),
+        "context": {k: getattr(ctx, k).state_dict() for k in ("forget", "retain") if getattr(ctx, k) is not None},
+        "hooks": [(hook_name(h), h.state_dict()) for h in hooks],
+        "log": log.state_dict() if isinstance(log, StepLog) else None,
+        "rng": rng_state(),
+    }
+    if distributed.active():  # every rank's RNG streams (e.g. its dropout masks), in rank order
+        state["rng_ranks"] = distributed.gather(state["rng"])
+    unsaved = unsaved_iterators(loaders_of(batches, ctx))
+    if unsaved:
+        raise CheckpointError(f"{unsaved} data iterator(s) in use are not in any state_dict: a hook keeps an "
+                              "iterator over TrainContext.forget/retain without saving its position")
+    return state
+
+
+def loaders_of(batches, ctx) -> list:
+    """The data loaders (forgetlab.train.Loader) of the training batches and of the context."""
+    found = [getattr(batches, "loader", None)]
+    found += [getattr(getattr(batches, k, None), "loader", None) for k in ("primary", "secondary")]
+    found += [getattr(ctx, k) for k in ("forget", "retain")]
+    unique = {id(x): x for x in found if x is not None}
+    return list(unique.values())
+
+
+def unsaved_iterators(loaders: list) -> int:
+    """Started iterators over these loaders that the checkpoint being collected does not hold."""
+    live = {id(it): it for loader in loaders if loader is not None for it in list(loader.iterators)}
+    return sum(1 for it in live.values() if it.order is not None and it.saved != it.loader.snapshots)
+
+
+def restore(state: dict, model, optimizer, scheduler, batches, ctx, hooks, log) -> int:
+    """Load a snapshot into a run that has just been set up as a fresh one; returns the step."""
+    names = [hook_name(h) for h in hooks]
+    if [n for n, _ in state["hooks"]] != names:
+        raise CheckpointError(f"the checkpoint's hooks {[n for n, _ in state['hooks']]} are not this run's {names}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for k, loader_state in state["context"].items():
+        getattr(ctx, k).load_state_dict(loader_state)
+    for hook, (_, hook_state) in zip(hooks, state["hooks"]):
+        hook.load_state_dict(hook_state)
+    batches.load_state_dict(state["batches"])
+    if isinstance(log, StepLog) and state["log"] is not None:
+        log.load_state_dict(state["log"])
+    set_rng_state(rng_of_this_rank(state))
+    return state["step"]
+
+
+def rng_of_this_rank(state: dict) -> dict:
+    """The RNG state this process resumes with: its own rank's in a data-parallel checkpoint."""
+    ranks = state.get("rng_ranks")
+    if ranks is None and distributed.world_size() == 1:
+        return state["rng"]
+    if ranks is None or len(ranks) != distributed.world_size():
+        saved = len(ranks) if ranks is not None else 1
+        raise CheckpointError(f"the checkpoint was written by {saved} data-parallel worker(s), this run has "
+                              f"{distributed.world_size()}: resume with the same distributed.nproc_per_node")
+    return ranks[distributed.rank()]

@@ -29,8 +29,8 @@ class Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except Exception as e:
-            tracking = sys.modules.get("forgetlab.tracking")  # imported by the stages, not here (mlflow is slow)
-            if tracking is not None and isinstance(e, tracking.TrackingError):
+            mlstore = sys.modules.get("forgetlab.mlstore")  # imported by the stages, not here (mlflow is slow)
+            if mlstore is not None and isinstance(e, mlstore.TrackingError):
                 fail(str(e))
             raise
 

@@ -1,26 +1,25 @@
 """Study configuration: loading, validation, and the resolved parameters of each stage.
 
 A study config is checked in two layers before any job runs:
-1. the JSON schema (`config.schema.yaml`, also at `workflow/schemas/`): keys, types, split names;
-2. `check_config`: component names against the registries, and each component's parameters
-   against the fields of its dataclass.
+1. the JSON schema (`config.schema.yaml`, also at `workflow/schemas/`): structure, keys, types;
+2. `check_config`: semantics, once: each component spec is built through its registry
+   (forgetlab.registry.build), which checks its parameters and their ranges.
 Every error names the offending key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
-import typing
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from forgetlab.registry import ComponentError
 from forgetlab.splits import FORGET_SPLITS, RETAIN_OF, forget_size
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -36,7 +35,6 @@ def load_config(path: str | Path) -> dict:
         config = yaml.safe_load(f)
     validate_schema(config)
     check_config(config)
-    check_soups(config)
     return config
 
 
@@ -71,7 +69,6 @@ def check_or_exit(config: dict, stamps: str | Path = ".snakemake/forgetlab") -> 
         stamp = Path(stamps) / f"config-ok-{fingerprint(config)}"
         if not stamp.exists():
             check_config(config)
-            check_soups(config)
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.touch()
     except ConfigError as e:
@@ -101,52 +98,21 @@ def validate_schema(config: dict) -> None:
         raise ConfigError(f"config key {key}: {error.message}")
 
 
-def _check_params(key: str, cls: type, params: dict) -> None:
-    """Each parameter must be a field of the component's dataclass, with a matching type."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    for name, value in params.items():
-        if name not in fields:
-            known = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"config key {key}.{name}: unknown parameter (known: {known})")
-        expected = hints[name]
-        allowed = typing.get_args(expected) or (expected,)
-        allowed = tuple(a for a in allowed if isinstance(a, type))
-        if float in allowed:
-            allowed += (int,)
-        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
-            names = "/".join(a.__name__ for a in allowed)
-            raise ConfigError(f"config key {key}.{name}: expected {names}, got {value!r}")
-
-
 def check_config(config: dict) -> None:
+    """The semantic check: every component spec is built once (forgetlab.registry.build: names,
+    parameter names and types, then each component's own range checks), with the errors keyed."""
     from forgetlab.metrics import METRICS
-    from forgetlab.regularizers import REGULARIZERS, build_regularizers
-    from forgetlab.unlearning import METHODS, build_method
-    from forgetlab.unlearning.plugins import PLUGINS
+    from forgetlab.regularizers import build_regularizers
+    from forgetlab.unlearning import build_method
 
     check_finite(config)  # Snakemake's own schema validation lets NaN through
     for entry in config["regularizers"]:
-        components = entry_components(config, entry)
-        for i, spec in enumerate(components):
-            key = f"regularizers.{entry}[{i}]"
-            if spec["name"] not in REGULARIZERS:
-                raise ConfigError(f"config key {key}.name: unknown regularizer {spec['name']!r}; known: {REGULARIZERS.names()}")
-            _check_params(key, REGULARIZERS.get(spec["name"]), _params(spec))
-        _check_build(f"regularizers.{entry}", build_regularizers, components)
+        _build(f"regularizers.{entry}", build_regularizers, entry_components(config, entry))
     for entry, spec in config["methods"].items():
-        key = f"methods.{entry}"
         if entry in RESERVED_MODELS:
-            raise ConfigError(f"config key {key}: {entry!r} is reserved for a model role; rename the entry")
-        if spec["name"] not in METHODS:
-            raise ConfigError(f"config key {key}.name: unknown unlearning method {spec['name']!r}; known: {METHODS.names()}")
-        _check_params(key, METHODS.get(spec["name"]), _params(spec))
-        for i, plugin in enumerate(spec.get("plugins", [])):
-            plugin = {"name": plugin} if isinstance(plugin, str) else plugin
-            if plugin["name"] not in PLUGINS:
-                raise ConfigError(f"config key {key}.plugins[{i}]: unknown plug-in {plugin['name']!r}; known: {PLUGINS.names()}")
-            _check_params(f"{key}.plugins[{i}]", PLUGINS.get(plugin["name"]), _params(plugin))
-        _check_build(key, build_method, spec)
+            raise ConfigError(f"config key methods.{entry}: {entry!r} is reserved for a model role; rename the entry")
+        _build(f"methods.{entry}", build_method, spec)
+    check_soups(config)
     check_sequential(config)
     for i, name in enumerate(config["evaluate"]["metrics"]):
         if name not in METRICS:
@@ -183,16 +149,13 @@ def check_sequential(config: dict) -> None:
                               f"{authors} forget author(s) to share among them (set sequential.splits, or fewer chunks)")
 
 
-def _check_build(key: str, build, spec) -> None:
-    """Build the components once, so that range and combination checks run before any job."""
+def _build(key: str, build, spec) -> None:
     try:
         build(spec)
+    except ComponentError as e:
+        raise ConfigError(f"config key {key}{e.where}: {e}") from e
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config key {key}: {e}") from e
-
-
-def _params(spec: dict) -> dict:
-    return {k: v for k, v in spec.items() if k not in ("name", "plugins", "train")}
 
 
 def stage_threads(config: dict, stage: str) -> int:

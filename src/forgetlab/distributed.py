@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 STAGES = ("pretrain", "finetune")
+EXIT_PREEMPTED = 143  # a job stopped by SIGTERM after checkpointing: 128 + SIGTERM, so that it is rerun
 
 
 def nproc(params: dict) -> int:
@@ -62,8 +63,6 @@ def launch(params: dict, argv: list[str]) -> None:
     SIGTERM and SIGINT (SLURM's preemption signal, `scancel`, a Snakemake kill) are passed on to
     torchrun, which passes them to the workers: they checkpoint at the step's end and stop. The
     job then exits with 143, as a one-process job does, so that it is rerun and resumes."""
-    from forgetlab.checkpoint import EXIT_PREEMPTED
-
     n = nproc(params)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "forgetlab.cli", *argv]
@@ -178,6 +177,9 @@ class SilentRun:
         pass
 
     def log_artifact(self, path) -> None:
+        pass
+
+    def resumed(self, step, previous_run) -> None:
         pass
 
 

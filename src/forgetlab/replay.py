@@ -59,35 +59,35 @@ def replay(path: str | Path) -> dict:
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
-    from forgetlab import tracking
+    from forgetlab import mlstore
 
     path = Path(path)
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records or records[0].get("record") != "run":
         raise ValueError("its first line is not a run record")
     head, rest = records[0], records[1:]
-    uri = tracking.tracking_uri()
-    client, exp = tracking.connect(uri, head["experiment"])
-    with tracking.http_settings(tracking.JOB_HTTP):
+    uri = mlstore.tracking_uri()
+    client, exp = mlstore.connect(uri, head["experiment"])
+    with mlstore.http_settings(mlstore.JOB_HTTP):
         run_id = head["run_id"]
         try:
-            tracking.retry(client.get_run, run_id)
+            mlstore.retry(client.get_run, run_id)
         except MlflowException as e:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             tags = {**head["tags"], "replayed_from_run_id": run_id}
-            run_id = tracking.retry(client.create_run, exp, run_name=head["run_name"], tags=tags).info.run_id
+            run_id = mlstore.retry(client.create_run, exp, run_name=head["run_name"], tags=tags).info.run_id
             _write_lines(path, [{**head, "run_id": run_id}, *rest])  # a second try reuses this run
         params = [Param(r["key"], r["value"]) for r in rest if r["record"] == "param"]
         metrics = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in rest if r["record"] == "metric"]
         artifacts = [r["path"] for r in rest if r["record"] == "artifact"]
         for i in range(0, len(params), 100):
-            tracking.retry(client.log_batch, run_id, params=params[i : i + 100])
+            mlstore.retry(client.log_batch, run_id, params=params[i : i + 100])
         for i in range(0, len(metrics), 1000):
-            tracking.retry(client.log_batch, run_id, metrics=metrics[i : i + 1000])
+            mlstore.retry(client.log_batch, run_id, metrics=metrics[i : i + 1000])
         for artifact in artifacts:
-            tracking.retry(client.log_artifact, run_id, artifact)
-        tracking.retry(client.set_terminated, run_id, head["status"])
+            mlstore.retry(client.log_artifact, run_id, artifact)
+        mlstore.retry(client.set_terminated, run_id, head["status"])
     os.replace(path, path.with_name(path.name + ".done"))
     for folder in {Path(a).parent for a in artifacts}:
         shutil.rmtree(folder, ignore_errors=True)

@@ -5,15 +5,15 @@
             loss, extras = loss_fn(model, batch)      # stage-specific: LM loss + regularizers, or an unlearning loss
             stop if loss is NaN/inf
             (loss / grad_accum).backward()
-        clip gradients to max_grad_norm; regularizer.before_step(...)
-        AdamW step (betas, weight_decay); lr schedule step; regularizer.after_step(...)
+        clip gradients to max_grad_norm; hook.before_step(...)
+        AdamW step (betas, weight_decay); lr schedule step; hook.after_step(...)
         log loss, lr, grad_norm (and the loss_fn's extras) for this step
 
 The lr schedule (warm-up, then cosine / linear / constant; forgetlab.schedule), AdamW's betas and
 weight decay are TrainConfig keys; their defaults are the settings pretrain and finetune always had.
 
-Regularizers (forgetlab.regularizers) hook in at setup, in the loss, at the optimizer's parameter
-groups, after each step and at the end; the loop is the same for all of them.
+The hooks (regularizers, an unlearning method and its plug-ins, the unlearning trajectory) are
+called as forgetlab.hooks describes; the loop is the same for all of them.
 
 The forward pass and the loss run under `precision`'s autocast (forgetlab.model.autocast: bf16 on a
 CUDA device that supports it with `auto`); weights, gradients and the optimizer state stay float32.
@@ -36,7 +36,8 @@ import torch
 from tqdm import tqdm
 
 from forgetlab import distributed
-from forgetlab.checkpoint import Checkpointer, CheckpointError, StepLog, rng_state, set_rng_state
+from forgetlab.checkpoint import Checkpointer, CheckpointError, StepLog, preempt, restore, snapshot
+from forgetlab.hooks import Hooks
 from forgetlab.model import autocast
 from forgetlab.qa import collate
 from forgetlab.schedule import check_train_settings, lr_lambda  # noqa: F401  (lr_lambda: imported from here)
@@ -102,6 +103,7 @@ class Loader:
         self.examples, self.batch_size, self.pad_id, self.device = examples, batch_size, pad_id, device
         self.generator = torch.Generator().manual_seed(seed)
         self.iterators = weakref.WeakSet()  # the live iterators, checked when checkpointing
+        self.snapshots = 0  # checkpoints collected over this loader (forgetlab.checkpoint.snapshot)
 
     def __len__(self) -> int:
         return math.ceil(len(self.examples) / self.batch_size)
@@ -129,8 +131,6 @@ class Batches:
     """An iterator over a Loader whose position (the current permutation and the index in it, and
     the loader's generator) is restorable: a checkpoint resumes the data order exactly."""
 
-    saving = 0  # the id of the checkpoint being collected; see unsaved_iterators
-
     def __init__(self, loader: Loader):
         self.loader, self.order, self.index, self.saved = loader, None, 0, -1
         loader.iterators.add(self)
@@ -147,7 +147,7 @@ class Batches:
         return self.loader._batch(chunk)
 
     def state_dict(self) -> dict:
-        self.saved = Batches.saving
+        self.saved = self.loader.snapshots  # this iterator is in the snapshot being collected
         return {"loader": self.loader.state_dict(), "order": self.order, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
@@ -197,32 +197,31 @@ def train(
     batches: Iterator[dict],
     steps: int,
     cfg: TrainConfig,
-    regularizers: Sequence = (),
+    hooks: Sequence[Hooks] = (),
     log: Callable[[int, dict], None] | None = None,
     desc: str = "train",
-    probe: dict | None = None,
     context: TrainContext | None = None,
     checkpoint: Checkpointer | None = None,
     precision: str = "auto",
 ) -> torch.nn.Module:
-    ctx = context or TrainContext(total_steps=steps, probe=probe)
+    ctx = context or TrainContext(total_steps=steps)
     if checkpoint is not None and checkpoint.every and not hasattr(batches, "state_dict"):
         raise CheckpointError(f"{desc}: checkpoint_every needs a restorable data iterator (forgetlab.train.Loader)")
     resume = checkpoint.load() if checkpoint is not None else None
     # a resumed run sets up exactly as a fresh one (on the initial model), then restores the checkpoint;
     # what setup logs is already in the checkpoint's history
     with log.muted() if resume is not None and isinstance(log, StepLog) else nullcontext():
-        for reg in regularizers:
-            model = reg.setup(model, ctx)
+        for hook in hooks:
+            model = hook.setup(model, ctx)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
-    for reg in regularizers:
-        groups = reg.param_groups(model, groups)
+    for hook in hooks:
+        groups = hook.param_groups(model, groups)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule))
-    parts = (model, optimizer, scheduler, batches, ctx, regularizers, log)
+    parts = (model, optimizer, scheduler, batches, ctx, hooks, log)
     done = restore(resume, *parts) if resume is not None else 0
     if resume is not None:
         checkpoint.resumed(done, steps, resume.get("run_id"))
@@ -253,12 +252,12 @@ def train(
             total = distributed.mean(total)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            for reg in regularizers:
-                reg.before_step(model, step, optimizer)
+            for hook in hooks:
+                hook.before_step(model, step, optimizer)
             optimizer.step()
             scheduler.step()
-            for reg in regularizers:
-                reg.after_step(model, step, optimizer)
+            for hook in hooks:
+                hook.after_step(model, step, optimizer)
             if log is not None:
                 log(step, {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **extras})
             done = step + 1
@@ -268,94 +267,7 @@ def train(
         if checkpoint is not None and distributed.agree(checkpoint.requested):
             preempt(checkpoint, done, steps, saved, parts)
 
-    for reg in regularizers:
-        model = reg.finalize(model)
+    for hook in hooks:
+        model = hook.finalize(model)
     model.eval()
     return model
-
-
-def preempt(checkpoint: Checkpointer, done: int, steps: int, saved: int, parts: tuple) -> None:
-    """After SIGTERM: save the state at this step boundary (unless just saved) and exit with 143."""
-    reason = ""
-    if saved != done:
-        try:
-            checkpoint.save(snapshot(done, *parts))
-            saved = done
-        except CheckpointError as e:
-            reason = str(e)
-    raise checkpoint.stop(done, steps, saved == done, reason)
-
-
-def hook_name(hook) -> str:
-    return f"{type(hook).__module__}.{type(hook).__qualname__}:{getattr(hook, 'name', '')}"
-
-
-def snapshot(done, model, optimizer, scheduler, batches, ctx, hooks, log) -> dict:
-    """Everything a resumed run needs to continue exactly from `done` completed steps."""
-    if not hasattr(batches, "state_dict"):
-        raise CheckpointError("the data iterator has no state_dict (use forgetlab.train.Loader / paired)")
-    missing = [hook_name(h) for h in hooks if not hasattr(h, "state_dict")]
-    if missing:
-        raise CheckpointError(f"hooks without state_dict cannot be checkpointed: {missing}")
-    Batches.saving += 1
-    state = {
-        "step": done,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "batches": batches.state_dict(),
-        "context": {k: getattr(ctx, k).state_dict() for k in ("forget", "retain") if getattr(ctx, k) is not None},
-        "hooks": [(hook_name(h), h.state_dict()) for h in hooks],
-        "log": log.state_dict() if isinstance(log, StepLog) else None,
-        "rng": rng_state(),
-    }
-    if distributed.active():  # every rank's RNG streams (e.g. its dropout masks), in rank order
-        state["rng_ranks"] = distributed.gather(state["rng"])
-    unsaved = unsaved_iterators([getattr(ctx, k) for k in ("forget", "retain")] + loaders_of(batches))
-    if unsaved:
-        raise CheckpointError(f"{unsaved} data iterator(s) in use are not in any state_dict: a hook keeps an "
-                              "iterator over TrainContext.forget/retain without saving its position")
-    return state
-
-
-def loaders_of(batches) -> list:
-    found = [getattr(batches, "loader", None)]
-    found += [getattr(getattr(batches, k, None), "loader", None) for k in ("primary", "secondary")]
-    return [x for x in found if x is not None]
-
-
-def unsaved_iterators(loaders: list) -> int:
-    """Started iterators over these loaders that the checkpoint being collected does not hold."""
-    live = {id(it): it for loader in loaders if loader is not None for it in list(loader.iterators)}
-    return sum(1 for it in live.values() if it.order is not None and it.saved != Batches.saving)
-
-
-def restore(state: dict, model, optimizer, scheduler, batches, ctx, hooks, log) -> int:
-    """Load a snapshot into a run that has just been set up as a fresh one; returns the step."""
-    names = [hook_name(h) for h in hooks]
-    if [n for n, _ in state["hooks"]] != names:
-        raise CheckpointError(f"the checkpoint's hooks {[n for n, _ in state['hooks']]} are not this run's {names}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    for k, loader_state in state["context"].items():
-        getattr(ctx, k).load_state_dict(loader_state)
-    for hook, (_, hook_state) in zip(hooks, state["hooks"]):
-        hook.load_state_dict(hook_state)
-    batches.load_state_dict(state["batches"])
-    if isinstance(log, StepLog) and state["log"] is not None:
-        log.load_state_dict(state["log"])
-    set_rng_state(rng_of_this_rank(state))
-    return state["step"]
-
-
-def rng_of_this_rank(state: dict) -> dict:
-    """The RNG state this process resumes with: its own rank's in a data-parallel checkpoint."""
-    ranks = state.get("rng_ranks")
-    if ranks is None and distributed.world_size() == 1:
-        return state["rng"]
-    if ranks is None or len(ranks) != distributed.world_size():
-        saved = len(ranks) if ranks is not None else 1
-        raise CheckpointError(f"the checkpoint was written by {saved} data-parallel worker(s), this run has "
-                              f"{distributed.world_size()}: resume with the same distributed.nproc_per_node")
-    return ranks[distributed.rank()]

@@ -21,9 +21,9 @@ from contextlib import nullcontext
 import pandas as pd
 
 from forgetlab.evaluate import score_split
+from forgetlab.hooks import Hooks
 from forgetlab.metrics import mean_or_nan
 from forgetlab.metrics.truth_ratio import symmetric_score
-from forgetlab.unlearning import Hooks
 
 COLUMNS = ["step", "forget_prob", "retain_prob", "forget_truth_ratio"]
 

@@ -14,7 +14,7 @@ from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.regularizers import build_regularizers
 from forgetlab.soup import Soup
 from forgetlab.tracking import stage_run
-from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
+from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, seed_everything, train
 
 
 def training_file(params: dict) -> str:
@@ -46,8 +46,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, qa_file])
         model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
-                      regularizers=regularizers, log=ckpt.log, desc=f"finetune {params['role']}", probe=probe,
-                      checkpoint=ckpt, precision=params.get("precision", "auto"))
+                      hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
+                      desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"))
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
         for reg in regularizers:
             mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})

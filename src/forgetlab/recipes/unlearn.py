@@ -137,7 +137,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
             trajectory = Trajectory(tokenizer, split_rows, subset, eval_every, steps, ckpt.log,
                                     as_saved=method.as_saved)
             hooks.append(trajectory)
-        model = train(model, method.loss, paired(forget, retain), steps, cfg, regularizers=hooks,
+        model = train(model, method.loss, paired(forget, retain), steps, cfg, hooks=hooks,
                       log=ckpt.log, desc=f"unlearn {params['method']} ({spec['name']})", context=ctx,
                       checkpoint=ckpt, precision=params.get("precision", "auto"))
         mlrun.log_metrics({"unlearn_steps": steps, **method.summary(),

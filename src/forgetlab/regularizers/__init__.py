@@ -7,21 +7,11 @@ the same entry. Each may override any of the hooks below; the training loop (for
 and the loss (forgetlab.losses.lm_loss) call them, and are the same for all regularizers.
 Adding one is one new file in this package plus a config entry.
 
-Hooks, in the order the loop calls them:
-    setup(model, ctx) -> model             wrap or modify the model before training; ctx is a
-                                           forgetlab.train.TrainContext (total_steps, probe batch)
-    param_groups(model, groups) -> groups  change the optimizer's parameter groups
+A regularizer is a training-loop hook (the contract: forgetlab.hooks) with two more, called by
+the loss (forgetlab.losses.lm_loss):
     compute_loss(batch, outputs, model)    replace the cross-entropy (at most one per entry;
                                            set replaces_loss = True)
     extra_loss(batch, outputs, model)      a term added to the loss (logged under the name)
-    before_step(model, step, optimizer)    act just before optimizer.step() (after clipping)
-    after_step(model, step, optimizer)     act after optimizer.step() and the lr update
-    finalize(model) -> model               undo training-only changes / transform the final weights
-    summary() -> dict                      numbers to log to MLflow once training ends
-    state_dict() / load_state_dict(state)  what the hook changes during training (running means,
-                                           masks, counters), for checkpoints (forgetlab.checkpoint):
-                                           a resumed run calls setup on the initial model, then
-                                           load_state_dict; stateless hooks keep the defaults
 """
 
 from __future__ import annotations
@@ -29,7 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from forgetlab.hooks import Hooks
-from forgetlab.registry import Registry, import_all
+from forgetlab.registry import ComponentError, Registry, build, import_all
 
 REGULARIZERS = Registry("regularizer")
 
@@ -53,13 +43,13 @@ class Regularizer(Hooks):
 
 
 def build_regularizers(specs: list[dict]) -> list[Regularizer]:
-    """Instantiate an entry's regularizers and check that they combine."""
+    """An entry's regularizers (forgetlab.registry.build), in hook order, checked to combine."""
     regs = []
-    for spec in specs:
-        cls = REGULARIZERS.get(spec["name"])
-        reg = cls(**{k: v for k, v in spec.items() if k != "name"})
-        reg.name = spec["name"]
-        regs.append(reg)
+    for i, spec in enumerate(specs):
+        try:
+            regs.append(build(REGULARIZERS, spec))
+        except ComponentError as e:
+            raise e.inside(f"[{i}]") from None
     regs.sort(key=lambda r: r.order)
     replacing = [r.name for r in regs if r.replaces_loss]
     if len(replacing) > 1:

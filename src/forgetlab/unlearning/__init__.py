@@ -10,15 +10,9 @@ other views of the same forget rows that the method asks for in `forget_views`:
                  forgetlab.recipes.unlearn.relabel_candidates).
 The shared loop (forgetlab.train) minimises the loss.
 
-Methods and plug-ins may also use the loop's hooks, the same ones as regularizers:
-    setup(model, ctx) -> model   e.g. freeze all but a few layers (ctx: forgetlab.train.TrainContext,
-                                 with its own forget/retain loaders for extra batches)
-    param_groups(model, groups)  before_step(model, step, optimizer)  after_step(model, step, optimizer)
-    finalize(model) -> model     e.g. turn the trained weights into a task vector and negate it
-    summary() -> dict            numbers logged to MLflow once training ends
-    state_dict() / load_state_dict(state)   what changes during training, for checkpoints (e.g. pdu's
-                                 lambda); a resumed run calls setup on the initial model first
-A method that needs the frozen pre-unlearning model sets `needs_reference`; the recipe then
+Methods and plug-ins are training-loop hooks too (the contract: forgetlab.hooks), e.g. setup to
+freeze all but a few layers, finalize to turn the trained weights into a negated task vector,
+state_dict for what changes during training (pdu's lambda). A method that needs the frozen pre-unlearning model sets `needs_reference`; the recipe then
 loads that model once and assigns it to `method.reference` (never copied per step).
 
 Plug-ins (forgetlab.unlearning.plugins) are given in config as `{name: npo, plugins: [saliency]}`
@@ -33,8 +27,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import ClassVar
 
-from forgetlab.hooks import Hooks  # noqa: F401  (plug-ins and the trajectory import it from here)
-from forgetlab.registry import Registry, import_all
+from forgetlab.hooks import Hooks
+from forgetlab.registry import ComponentError, Registry, build, import_all
 
 METHODS = Registry("unlearning method")
 VIEWS = ("idk", "relabel")
@@ -64,16 +58,19 @@ class Method(Hooks):
 
 
 def build_method(spec: dict) -> Method:
-    """Instantiate a method entry, with its plug-ins, and check that they can apply to it."""
-    from forgetlab.unlearning.plugins import build_plugin
+    """A method entry (forgetlab.registry.build) with its plug-ins, checked to apply to it."""
+    from forgetlab.unlearning.plugins import PLUGINS
 
-    params = {k: v for k, v in spec.items() if k not in ("name", "plugins", "train")}
-    method = METHODS.get(spec["name"])(**params)
-    method.name = spec["name"]
+    method = build(METHODS, spec)
     bad = [v for v in method.forget_views if v not in VIEWS]
     if bad:
         raise ValueError(f"{spec['name']}: unknown forget view(s) {bad}; known: {list(VIEWS)}")
-    method.plugins = [build_plugin(p) for p in spec.get("plugins", [])]
+    method.plugins = []
+    for i, plugin_spec in enumerate(spec.get("plugins", [])):
+        try:
+            method.plugins.append(build(PLUGINS, plugin_spec))
+        except ComponentError as e:
+            raise e.inside(f".plugins[{i}]") from None
     for plugin in method.plugins:
         plugin.check(method)
     return method

@@ -5,7 +5,7 @@
       npo_gu:    {name: npo, plugins: [gu_projection]}
 
 A plug-in is a dataclass registered by name whose fields are its parameters. It uses the training
-loop's hooks (forgetlab.unlearning.Hooks), typically `setup` to compute something from its own
+loop's hooks (forgetlab.hooks), typically `setup` to compute something from its own
 forget/retain batches (TrainContext.forget / .retain) and `before_step` to change the gradients
 the optimizer is about to apply. `check(method)` raises ValueError when it cannot apply.
 Adding a plug-in is one new file in this package.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from forgetlab.hooks import Hooks
 from forgetlab.registry import Registry, import_all
-from forgetlab.unlearning import Hooks
 
 PLUGINS = Registry("unlearning plug-in")
 
@@ -29,13 +29,6 @@ class Plugin(Hooks):
         if not method.accepts_plugins:
             raise ValueError(f"plug-in {self.name} cannot apply to {method.name}: "
                              "its update is not a gradient step on its loss")
-
-
-def build_plugin(spec) -> Plugin:
-    spec = {"name": spec} if isinstance(spec, str) else spec
-    plugin = PLUGINS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
-    plugin.name = spec["name"]
-    return plugin
 
 
 import_all(__name__, __path__)
