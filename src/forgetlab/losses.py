@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -63,20 +61,6 @@ def kl_to_reference_all_positions(model, reference, batch: dict) -> torch.Tensor
         ref_logits = forward(reference, batch).logits.float()
     kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1), log_target=True, reduction="none")
     return kl.sum(-1).mean()
-
-
-def require_number(owner: str, name: str, value, low: float = 0.0, strict: bool = False) -> None:
-    """Range check of a method's hyper-parameter: a finite number >= low (> low if strict);
-    the error names it `owner.name`."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > low if strict else value >= low))
-    if not ok:
-        raise ValueError(f"{owner}.{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
-
-
-def require_choice(owner: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
 
 
 def kl_to_reference(model, reference, batch: dict) -> torch.Tensor:

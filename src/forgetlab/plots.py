@@ -158,9 +158,11 @@ def oracle_level(summary: pd.DataFrame, reg: str, split: str, column: str) -> fl
     return float(rows[column].mean()) if column in rows and len(rows) else float("nan")
 
 
-def trajectories(traj: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
-    """forget_prob against the step: a panel per regularizer (and split), a line per method (the
-    seed mean; thin lines are the seeds), the oracle's forget_prob dashed."""
+def trajectory_figure(traj: pd.DataFrame, path: Path, xlabel: str, draw_runs, draw_oracle) -> None:
+    """The frame of both trajectory figures: a placeholder when nothing was recorded, else the
+    trajectory_grid where each panel gets draw_runs(ax, runs, color, method) for each method (its
+    rows of that panel), then draw_oracle(ax, regularizer, split) and the x label; the legend sits
+    in the first row's last panel."""
     if traj.empty:
         placeholder(path, "no unlearning trajectory recorded (unlearn.eval_every is 0)")
         return
@@ -169,41 +171,47 @@ def trajectories(traj: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
     for (split, reg), ax in panels.items():
         panel = traj[(traj["regularizer"] == reg) & (traj["split"] == split)]
         for method, runs in panel.groupby("method"):
-            if runs["seed"].nunique() > 1:
-                for _, one in runs.groupby("seed"):
-                    ax.plot(one["step"], one["forget_prob"], color=colors[method], alpha=0.25, linewidth=0.8)
-            mean = seed_mean(runs, ["forget_prob"])
-            ax.plot(mean["step"], mean["forget_prob"], color=colors[method], marker="o", markersize=3, label=method)
+            draw_runs(ax, runs, colors[method], method)
+        draw_oracle(ax, reg, split)
+        ax.set_xlabel(xlabel)
+    panels[splits[0], regs[-1]].legend(fontsize=7, loc="best")
+    save(fig, path)
+
+
+def trajectories(traj: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
+    """forget_prob against the step: a panel per regularizer (and split), a line per method (the
+    seed mean; thin lines are the seeds), the oracle's forget_prob dashed."""
+    def draw_runs(ax, runs, color, method):
+        if runs["seed"].nunique() > 1:
+            for _, one in runs.groupby("seed"):
+                ax.plot(one["step"], one["forget_prob"], color=color, alpha=0.25, linewidth=0.8)
+        mean = seed_mean(runs, ["forget_prob"])
+        ax.plot(mean["step"], mean["forget_prob"], color=color, marker="o", markersize=3, label=method)
+
+    def draw_oracle(ax, reg, split):
         level = oracle_level(summary, reg, split, "forget_prob")
         if np.isfinite(level):
             ax.axhline(level, color="k", linestyle="--", linewidth=1, label="oracle")
-        ax.set_xlabel("unlearning step")
-    panels[splits[0], regs[-1]].legend(fontsize=7, loc="best")
-    save(fig, path)
+
+    trajectory_figure(traj, path, "unlearning step", draw_runs, draw_oracle)
 
 
 def trajectory_paths(traj: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
     """Each method's seed-mean path from the target (circle) to its last step (triangle) in the
     (retain_prob, forget_prob) plane; the oracle (star) is where the evaluation put it."""
-    if traj.empty:
-        placeholder(path, "no unlearning trajectory recorded (unlearn.eval_every is 0)")
-        return
-    colors = method_colors(traj["method"].unique())
-    regs, splits, fig, panels = trajectory_grid(traj)
-    for (split, reg), ax in panels.items():
-        panel = traj[(traj["regularizer"] == reg) & (traj["split"] == split)]
-        for method, runs in panel.groupby("method"):
-            mean = seed_mean(runs, ["retain_prob", "forget_prob"])
-            x, y = mean["retain_prob"], mean["forget_prob"]
-            ax.plot(x, y, color=colors[method], linewidth=1.2, label=method)
-            ax.scatter(x.iloc[:1], y.iloc[:1], color=colors[method], marker="o", s=20)
-            ax.scatter(x.iloc[-1:], y.iloc[-1:], color=colors[method], marker="^", s=35, edgecolor="k", linewidth=0.5)
+    def draw_runs(ax, runs, color, method):
+        mean = seed_mean(runs, ["retain_prob", "forget_prob"])
+        x, y = mean["retain_prob"], mean["forget_prob"]
+        ax.plot(x, y, color=color, linewidth=1.2, label=method)
+        ax.scatter(x.iloc[:1], y.iloc[:1], color=color, marker="o", s=20)
+        ax.scatter(x.iloc[-1:], y.iloc[-1:], color=color, marker="^", s=35, edgecolor="k", linewidth=0.5)
+
+    def draw_oracle(ax, reg, split):
         x, y = (oracle_level(summary, reg, split, col) for col in ("retain_prob", "forget_prob"))
         if np.isfinite(x) and np.isfinite(y):
             ax.scatter([x], [y], marker="*", s=120, color="gold", edgecolor="k", linewidth=0.5, label="oracle", zorder=3)
-        ax.set_xlabel("retain prob.")
-    panels[splits[0], regs[-1]].legend(fontsize=7, loc="best")
-    save(fig, path)
+
+    trajectory_figure(traj, path, "retain prob.", draw_runs, draw_oracle)
 
 
 def sequential_steps(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -46,11 +46,11 @@ is its smooth counterpart.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
+from forgetlab.params import require_number
 from forgetlab.regularizers import REGULARIZERS
 from forgetlab.regularizers.lora import LoraBase, check_lora_params, lora_parameters
 
@@ -79,10 +79,7 @@ class Allora(LoraBase):
 
     def __post_init__(self):
         check_lora_params("allora", self.rank, self.target_modules)
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not (
-            self.eta > 0 and math.isfinite(self.eta)
-        ):
-            raise ValueError(f"allora.eta must be a finite number > 0, got {self.eta!r}")
+        require_number("allora", "eta", self.eta, strict=True)
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"allora.granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
         self._params: list[torch.nn.Parameter] = []

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from forgetlab.params import require_int
 from forgetlab.qa import IGNORE
 from forgetlab.regularizers import REGULARIZERS, Regularizer, base_model
 
@@ -32,8 +33,7 @@ class MultiSampleDropout(Regularizer):
     replaces_loss = True
 
     def __post_init__(self):
-        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
-            raise ValueError(f"multi_sample_dropout.m must be an integer >= 1, got {self.m!r}")
+        require_int("multi_sample_dropout", "m", self.m, low=1)
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"multi_sample_dropout.p must be in [0, 1), got {self.p}")
 

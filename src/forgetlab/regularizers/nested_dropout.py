@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from forgetlab.params import require_int
 from forgetlab.qa import IGNORE
 from forgetlab.regularizers import REGULARIZERS, Regularizer, base_model
 
@@ -38,8 +39,7 @@ class NestedDropout(Regularizer):
     def __post_init__(self):
         if not 0.0 < self.rate < 1.0:
             raise ValueError(f"nested_dropout.rate must be in (0, 1), got {self.rate}")
-        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int) or self.min_keep < 1:
-            raise ValueError(f"nested_dropout.min_keep must be an integer >= 1, got {self.min_keep!r}")
+        require_int("nested_dropout", "min_keep", self.min_keep, low=1)
 
     def sample_cuts(self, n: int, d: int, device=None) -> torch.Tensor:
         """n cut indices b in [min(min_keep, d), d], one per sequence."""

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from forgetlab.params import require_int
 from forgetlab.regularizers import REGULARIZERS, Regularizer, base_model
 
 TOKENS = ("second_last", "mean")
@@ -96,10 +97,8 @@ class SenD(Regularizer):
     _dropped: float = field(default=0.0, init=False, repr=False)  # fraction of indices dropped by the last mask
 
     def __post_init__(self):
-        if isinstance(self.every, bool) or not (isinstance(self.every, int) and self.every >= 1):
-            raise ValueError(f"send.every must be an integer >= 1, got {self.every!r}")
-        if isinstance(self.window, bool) or not (isinstance(self.window, int) and self.window >= 2):
-            raise ValueError(f"send.window must be an integer >= 2, got {self.window!r}")
+        require_int("send", "every", self.every, low=1)
+        require_int("send", "window", self.window, low=2)
         if isinstance(self.q, bool) or not isinstance(self.q, (int, float)) or not 0.0 <= self.q < 1.0:
             raise ValueError(f"send.q must be in [0, 1), got {self.q!r}")
         if self.token not in TOKENS:

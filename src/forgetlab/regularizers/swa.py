@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from forgetlab.params import require_int
 from forgetlab.regularizers import REGULARIZERS, Regularizer
 
 SCHEDULES = ("constant", "cyclic", "loop")
@@ -97,8 +98,7 @@ class SWA(Regularizer):
             raise ValueError(f"swa.start must be in [0, 1), got {self.start}")
         if not self.start < self.end <= 1.0:
             raise ValueError(f"swa.end must be in (start, 1] = ({self.start}, 1], got {self.end}")
-        if isinstance(self.every, bool) or not (isinstance(self.every, int) and self.every >= 1):
-            raise ValueError(f"swa.every must be an integer >= 1, got {self.every!r}")
+        require_int("swa", "every", self.every, low=1)
         if not isinstance(self.dense, bool):
             raise ValueError(f"swa.dense must be true or false, got {self.dense!r}")
         if self.lr_schedule not in SCHEDULES:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetlab.losses import forward, nll, require_number
+from forgetlab.losses import forward, nll
+from forgetlab.params import require_int, require_number
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import METHODS, Method
 
@@ -35,8 +36,7 @@ class CEU(Method):
 
     def __post_init__(self):
         require_number("ce_u", "alpha", self.alpha)
-        if isinstance(self.skip_first, bool) or not isinstance(self.skip_first, int) or self.skip_first < 0:
-            raise ValueError(f"ce_u.skip_first must be an integer >= 0, got {self.skip_first!r}")
+        require_int("ce_u", "skip_first", self.skip_first)
 
     @property
     def uses_retain(self) -> bool:

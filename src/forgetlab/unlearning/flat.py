@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetlab.losses import forward, require_choice
+from forgetlab.losses import forward
+from forgetlab.params import require_choice
 from forgetlab.qa import token_logprobs
 from forgetlab.unlearning import METHODS, Method
 

@@ -16,7 +16,8 @@ The KL is that of the output distributions, averaged over
 
 from dataclasses import dataclass
 
-from forgetlab.losses import kl_to_reference, kl_to_reference_all_positions, nll, require_choice, require_number
+from forgetlab.losses import kl_to_reference, kl_to_reference_all_positions, nll
+from forgetlab.params import require_choice, require_number
 from forgetlab.unlearning import METHODS, Method
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetlab.losses import nll, require_number, sequence_logprob
+from forgetlab.losses import nll, sequence_logprob
+from forgetlab.params import require_number
 from forgetlab.unlearning import METHODS, Method
 
 
@@ -35,6 +36,7 @@ class IdkDPO(Method):
     plain: bool = False  # True: standard DPO, without open-unlearning's 2/beta factor
     uses_retain = True
     forget_views = ("idk",)
+    needs_reference = True  # pi_ref
 
     def __post_init__(self):
         require_number("idk_dpo", "beta", self.beta, strict=True)
@@ -42,10 +44,6 @@ class IdkDPO(Method):
         require_number("idk_dpo", "gamma", self.gamma)
         if not isinstance(self.plain, bool):
             raise ValueError(f"idk_dpo.plain must be true or false, got {self.plain!r}")
-
-    @property
-    def needs_reference(self) -> bool:
-        return True
 
     def loss(self, model, batch):
         win, lose = sequence_logprob(model, batch["idk"]), sequence_logprob(model, batch["forget"])

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetlab.losses import forward, nll, require_choice, require_number
+from forgetlab.losses import forward, nll
+from forgetlab.params import require_choice, require_number
 from forgetlab.qa import IGNORE, token_logprobs
 from forgetlab.unlearning import METHODS, Method
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetlab.losses import nll, require_number, sequence_logprob
+from forgetlab.losses import nll, sequence_logprob
+from forgetlab.params import require_number
 from forgetlab.unlearning import METHODS, Method
 
 
@@ -28,15 +29,12 @@ class NPO(Method):
     alpha: float = 1.0  # retain weight
     gamma: float = 1.0  # forget weight
     uses_retain = True
+    needs_reference = True  # pi_ref
 
     def __post_init__(self):
         require_number("npo", "beta", self.beta, strict=True)
         require_number("npo", "alpha", self.alpha)
         require_number("npo", "gamma", self.gamma)
-
-    @property
-    def needs_reference(self) -> bool:
-        return True
 
     def loss(self, model, batch):
         logp = sequence_logprob(model, batch["forget"])

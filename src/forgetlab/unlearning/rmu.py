@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from forgetlab.params import require_int
 from forgetlab.qa import IGNORE
 from forgetlab.regularizers import base_model
 from forgetlab.unlearning import METHODS, Method
@@ -120,8 +121,7 @@ class RMU(Method):
     u: torch.Tensor | None = field(default=None, init=False, repr=False)  # set in setup (or first loss)
 
     def __post_init__(self):
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"rmu.layer must be an integer >= 0 (a decoder layer index), got {self.layer!r}")
+        require_int("rmu", "layer", self.layer, hint="a decoder layer index")
         if self.update_layers is None:
             self.update_layers = list(range(max(0, self.layer - 2), self.layer + 1))
         layers = self.update_layers
@@ -148,8 +148,7 @@ class RMU(Method):
             raise ValueError(f"rmu.tokens must be one of {list(TOKENS)}, got {self.tokens!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"rmu.reduction must be one of {list(REDUCTIONS)}, got {self.reduction!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"rmu.seed must be an integer >= 0, got {self.seed!r}")
+        require_int("rmu", "seed", self.seed)
 
     @property
     def needs_reference(self) -> bool:

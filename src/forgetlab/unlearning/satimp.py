@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetlab.losses import nll, require_choice, require_number, weighted_token_logprob
+from forgetlab.losses import nll, weighted_token_logprob
+from forgetlab.params import require_choice, require_number
 from forgetlab.unlearning import METHODS, Method
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetlab.losses import forward, nll, require_number
+from forgetlab.losses import forward, nll
+from forgetlab.params import require_number
 from forgetlab.qa import token_logprobs
 from forgetlab.unlearning import METHODS, Method
 

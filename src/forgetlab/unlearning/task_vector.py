@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetlab.losses import nll, require_number
+from forgetlab.losses import nll
+from forgetlab.params import require_number
 from forgetlab.unlearning import METHODS, Method
 
 
@@ -33,13 +34,10 @@ from forgetlab.unlearning import METHODS, Method
 class TaskVector(Method):
     alpha: float = 1.0
     accepts_plugins = False
+    needs_reference = True  # theta_target
 
     def __post_init__(self):
         require_number("task_vector", "alpha", self.alpha)
-
-    @property
-    def needs_reference(self) -> bool:
-        return True
 
     def loss(self, model, batch):
         forget_nll = nll(model, batch["forget"])

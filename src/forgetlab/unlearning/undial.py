@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetlab.losses import forward, nll, require_choice, require_number
+from forgetlab.losses import forward, nll
+from forgetlab.params import require_choice, require_number
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import METHODS, Method
 

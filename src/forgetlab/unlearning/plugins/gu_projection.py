@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import torch
 
 from forgetlab.losses import nll
+from forgetlab.params import require_int
 from forgetlab.unlearning.plugins import PLUGINS, Plugin
 from forgetlab.unlearning.plugins.terms import loss_with_gradient_of
 
@@ -134,8 +135,7 @@ class GUProjection(Plugin):
     _euclidean_steps: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"gu_projection.k must be an integer >= 1, got {self.k!r}")
+        require_int("gu_projection", "k", self.k, low=1)
         if self.metric not in METRICS:
             raise ValueError(f"gu_projection.metric must be one of {list(METRICS)}, got {self.metric!r}")
 

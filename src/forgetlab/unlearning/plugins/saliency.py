@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from forgetlab.losses import nll
+from forgetlab.params import require_int
 from forgetlab.unlearning.plugins import PLUGINS, Plugin
 from forgetlab.unlearning.plugins.terms import loss_with_gradient_of
 
@@ -96,9 +97,7 @@ class WeightMask(Plugin):
         f = self.fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
             raise ValueError(f"{self.name}.fraction must be in (0, 1], got {f!r}")
-        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 0:
-            raise ValueError(f"{self.name}.batches must be an integer >= 0 (0: one pass over the forget split), "
-                             f"got {self.batches!r}")
+        require_int(self.name, "batches", self.batches, hint="0: one pass over the forget split")
         if self.forget_loss not in FORGET_LOSSES:
             raise ValueError(f"{self.name}.forget_loss must be one of {list(FORGET_LOSSES)}, got {self.forget_loss!r}")
         if not isinstance(self.freeze_unmasked, bool):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from forgetlab.params import require_number
 from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.saliency import WeightMask, mean_gradient
 
@@ -43,9 +44,7 @@ class WagleTaylor(WeightMask):
 
     def __post_init__(self):
         super().__post_init__()
-        g = self.gamma
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0.0 or g == float("inf"):
-            raise ValueError(f"{self.name}.gamma must be a finite number >= 0, got {g!r}")
+        require_number(self.name, "gamma", self.gamma)
 
     def scores(self, model, ctx, params):
         retain = self.retain_batches(ctx)
