@@ -12,8 +12,9 @@ The shared loop (forgetlab.train) minimises the loss.
 
 Methods and plug-ins are training-loop hooks too (the contract: forgetlab.hooks), e.g. setup to
 freeze all but a few layers, finalize to turn the trained weights into a negated task vector,
-state_dict for what changes during training (pdu's lambda). A method that needs the frozen pre-unlearning model sets `needs_reference`; the recipe then
-loads that model once and assigns it to `method.reference` (never copied per step).
+state_dict for what changes during training (pdu's lambda). A method that needs the frozen
+pre-unlearning model sets `needs_reference`; the recipe then loads that model once and assigns it
+to `method.reference` (never copied per step).
 
 Plug-ins (forgetlab.unlearning.plugins) are given in config as `{name: npo, plugins: [saliency]}`
 (or `plugins: [{name: saliency, fraction: 0.3}]`); each checks that it can apply to the method.
