@@ -10,7 +10,8 @@ import torch
 from forgetlab.config import stage_params
 from forgetlab.hooks import Hooks
 from forgetlab.recipes import finetune
-from forgetlab.train import Loader, NonFiniteLossError, TrainConfig, lr_lambda, train
+from forgetlab.schedule import lr_lambda
+from forgetlab.train import Loader, NonFiniteLossError, TrainConfig, train
 from tests.conftest import smoke_config
 
 

@@ -41,19 +41,3 @@ def lr_lambda(total: int, warmup_ratio: float, min_lr_ratio: float, schedule: st
         return min_lr_ratio + (1 - min_lr_ratio) * decay
 
     return f
-
-
-def check_train_settings(cfg) -> None:
-    """Range checks of a TrainConfig's optimizer and schedule keys; each error names its key."""
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"train.schedule must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
-    betas = cfg.betas
-    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-            or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 for b in betas)):
-        raise ValueError(f"train.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got {betas!r}")
-    for key in ("warmup_ratio", "min_lr_ratio"):
-        value = getattr(cfg, key)
-        if not 0 <= value <= 1:
-            raise ValueError(f"train.{key} must be in [0, 1], got {value!r}")
-    if not cfg.weight_decay >= 0:
-        raise ValueError(f"train.weight_decay must be >= 0, got {cfg.weight_decay!r}")

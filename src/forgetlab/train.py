@@ -40,7 +40,7 @@ from forgetlab.checkpoint import Checkpointer, CheckpointError, StepLog, preempt
 from forgetlab.hooks import Hooks
 from forgetlab.model import autocast
 from forgetlab.qa import collate
-from forgetlab.schedule import check_train_settings, lr_lambda  # noqa: F401  (lr_lambda: imported from here)
+from forgetlab.schedule import lr_lambda
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,8 +63,7 @@ class TrainConfig:
     schedule: str = "cosine"  # after warm-up: cosine | linear (decay to min_lr_ratio * lr) | constant
     betas: tuple[float, float] | list = (0.9, 0.95)  # AdamW's (beta1, beta2)
 
-    def __post_init__(self):
-        check_train_settings(self)
+    def __post_init__(self):  # the ranges of these settings: the study config's schema ($defs/train)
         self.betas = tuple(float(b) for b in self.betas)
 
 
