@@ -156,19 +156,13 @@ def test_adamw_gets_the_configured_betas_weight_decay_and_schedule(betas, weight
     assert abs(expected - other).max() > 1e-3  # the betas matter for these gradients
 
 
-@pytest.mark.parametrize("key, value", [("schedule", "step"), ("betas", [0.9]), ("betas", [0.9, 1.0]),
-                                        ("betas", [-0.1, 0.9]), ("warmup_ratio", 1.5), ("weight_decay", -0.1),
-                                        ("min_lr_ratio", float("nan"))])
-def test_train_config_rejects_bad_values_naming_the_key(key, value):
-    with pytest.raises(ValueError, match=rf"train\.{key}"):
-        TrainConfig(epochs=1, batch_size=1, lr=0.1, **{key: value})
-
-
 @pytest.mark.parametrize("section, key, value", [
     ("unlearn", "schedule", "exponential"), ("unlearn", "betas", [0.9, 1.5]), ("unlearn", "betas", [0.9, 0.99, 0.999]),
     ("finetune", "betas", "0.9,0.95"), ("unlearn", "weight_decay", -0.01), ("pretrain", "schedule", 1),
+    ("finetune", "warmup_ratio", 1.5), ("unlearn", "min_lr_ratio", float("nan")), ("unlearn", "betas", [-0.1, 0.9]),
 ])
 def test_config_schema_rejects_bad_loop_keys_naming_them(section, key, value):
+    """The loop settings' ranges live in the schema alone ($defs/train), for every train section."""
     from forgetlab.config import ConfigError, validate_schema
 
     config = smoke_config()
