@@ -73,11 +73,13 @@ def checkout(work: Path) -> Path:
 
 
 def slurm_smoke_config() -> dict:
-    """The smoke study with one unlearning method and no sequential chain: every kind of job still
-    goes through sbatch (a soup's fan-in included), in fewer scheduling round trips."""
+    """The smoke study with one unlearning method, a plain and a soup regularizer entry, and no
+    sequential chain: every kind of job still goes through sbatch (a soup's fan-in included), in
+    fewer scheduling round trips."""
     config = smoke_config()
     first = next(iter(config["methods"]))
     config["methods"] = {first: config["methods"][first]}
+    config["regularizers"] = {k: v for k, v in config["regularizers"].items() if k == "none" or isinstance(v, dict)}
     config.pop("sequential", None)
     return config
 
