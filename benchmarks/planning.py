@@ -9,7 +9,7 @@ own plan. Prints, and writes to benchmarks/results/planning.json:
 Each figure is the median of --repeats runs (the first run of each also pays the config check,
 which is then stamped; the median is of the warm runs that a user sees when re-planning).
 
-    python benchmarks/planning.py [--regularizers 24] [--seeds 10] [--methods 14] [--repeats 3]
+    python benchmarks/planning.py [--regularizers 12] [--seeds 10] [--methods 14] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def timed(config: dict, repeats: int) -> tuple[float, int, list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--regularizers", type=int, default=24)
+    ap.add_argument("--regularizers", type=int, default=12)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--methods", type=int, default=14)
     ap.add_argument("--repeats", type=int, default=3)
