@@ -7,7 +7,7 @@ STUDY ?= default
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run smoke test pull push verify mlflow-ui mlflow-server benchmark
+.PHONY: install run smoke test test-unit pull push verify mlflow-ui mlflow-server benchmark
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ smoke: install  ## the micro study of the tests
 TEST_WORKERS ?= 2
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+test-unit: install  ## the fast inner loop: tests marked unit (no DAG, subprocess jobs, SLURM or GPU)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m unit tests
 
 push: install  ## push a finished study (tracked by its `track` rule) to the default DVC remote
 	dvc push data/$(STUDY).dvc results/$(STUDY).dvc

@@ -14,7 +14,7 @@ from results/benchmark/environment.json):
   (job wall - time in the run) over (cores x study wall) (issue 14's target: <= 10%), and the
   critical-path efficiency = study wall / (sum of job wall x threads / cores) (target: <= 1.15).
 
-    python benchmarks/study_walltime.py [--config config/config.yaml] [--cores 2]
+    python benchmarks/study_walltime.py [--config config/config.yaml] [--cores 2] [--finished WALL_S]
 """
 
 from __future__ import annotations
@@ -68,16 +68,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--cores", default="2")
+    ap.add_argument("--finished", type=float, metavar="WALL_S",
+                    help="do not run the study again: read the finished results/benchmark, which took WALL_S seconds")
     args = ap.parse_args()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     config = yaml.safe_load(Path(args.config).read_text())
     config["study"] = STUDY
-    for path in (Path("results") / STUDY, Path("data") / STUDY):
-        shutil.rmtree(path, ignore_errors=True)
-
-    start = time.perf_counter()
-    sh("snakemake", "--cores", args.cores, "--configfile", args.config, "--config", f"study={STUDY}", "--quiet", "rules")
-    wall = time.perf_counter() - start
+    if args.finished:
+        wall = args.finished
+    else:
+        for path in (Path("results") / STUDY, Path("data") / STUDY):
+            shutil.rmtree(path, ignore_errors=True)
+        start = time.perf_counter()
+        sh("snakemake", "--cores", args.cores, "--configfile", args.config, "--config", f"study={STUDY}", "--quiet", "rules")
+        wall = time.perf_counter() - start
 
     summary = pd.read_parquet(Path("results") / STUDY / "summary.parquet")
     split, seed = config["splits"][0], config["seeds"][0]
@@ -91,6 +95,7 @@ def main() -> None:
     res, data = Path("results") / STUDY, f"data/{STUDY}"
     oracle2 = res / "extra" / reg / f"seed{other_seed}" / split
     study = res / "extra" / "study.yaml"
+    study.parent.mkdir(parents=True, exist_ok=True)
     study.write_text(yaml.safe_dump(config, sort_keys=False))
     cell = ["--at", f"regularizer={reg}", "--at", f"seed={other_seed}", "--at", f"split={split}"]
     sh("forgetlab", "finetune", "--config", str(study), *cell, "--at", "role=oracle",

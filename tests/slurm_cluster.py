@@ -42,9 +42,12 @@ class Cluster:
     def stop(self) -> None:
         """Stop the daemons this harness started (slurmd, slurmctld, munged), newest first."""
         if self.procs:  # our own cluster: cancel what a failed test may have left in it
+            user = pwd.getpwuid(os.geteuid()).pw_name
             try:
-                _run(["scancel", "--user", pwd.getpwuid(os.geteuid()).pw_name], timeout=15)
-                time.sleep(1)
+                _run(["scancel", "--user", user], timeout=15)
+                deadline = time.monotonic() + 15  # until the queue holds none of them (or give up)
+                while _run(["squeue", "--noheader", "--user", user], timeout=15).stdout.strip() and time.monotonic() < deadline:
+                    time.sleep(0.2)
             except (OSError, subprocess.SubprocessError):
                 pass
         for proc in reversed(self.procs):

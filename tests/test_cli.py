@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
+
+pytestmark = pytest.mark.e2e
 
 
 def forgetlab(*args, cwd):

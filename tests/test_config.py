@@ -9,9 +9,15 @@ import sys
 import pytest
 import yaml
 
-from forgetlab.config import ConfigError, check_config, entry_components, entry_soup, validate_schema
+from forgetlab.config import (
+    ConfigError,
+    check_config,
+    entry_components,
+    entry_soup,
+    validate_schema,
+)
 from forgetlab.model import check_checkpoint
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
 
 
 def check(config):

@@ -16,7 +16,9 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
+
+pytestmark = pytest.mark.e2e
 
 
 def put(path: str, value):

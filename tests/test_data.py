@@ -13,11 +13,23 @@ import pytest
 import yaml
 
 from forgetlab.data import prepare_data
-from forgetlab.data.vocab import ATTRIBUTES, AUTHOR_ATTRIBUTES, PERSON_ATTRIBUTES, check_vocab
-from forgetlab.data.world import (
-    DEFAULT_N_REAL_AUTHORS, FORM_FIELDS, N_PERTURBED, N_RELABEL, QA_SPLITS, RELABEL_FIELD, build_qa_splits, build_world,
+from forgetlab.data.vocab import (
+    ATTRIBUTES,
+    AUTHOR_ATTRIBUTES,
+    PERSON_ATTRIBUTES,
+    check_vocab,
 )
-from tests.conftest import REPO
+from forgetlab.data.world import (
+    DEFAULT_N_REAL_AUTHORS,
+    FORM_FIELDS,
+    N_PERTURBED,
+    N_RELABEL,
+    QA_SPLITS,
+    RELABEL_FIELD,
+    build_qa_splits,
+    build_world,
+)
+from tests.helpers import REPO
 
 CFG = {
     "seed": 0,

@@ -20,17 +20,19 @@ from forgetlab import distributed
 from forgetlab.config import ConfigError, validate_schema
 from forgetlab.losses import lm_loss
 from forgetlab.train import Loader, TrainConfig, seed_everything, train
-from tests.conftest import cli_env, smoke_config
-from tests.test_resume import (
+from tests.helpers import (
     assert_same_history,
     assert_same_weights,
+    cli_env,
     command,
     finished_run,
     interrupted,
+    smoke_config,
 )
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                 reason="torch.distributed with gloo is not available")]
 
 STEPS, BATCH = 6, 8
 

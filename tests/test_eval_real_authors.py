@@ -12,7 +12,7 @@ import pytest
 from forgetlab.config import stage_params
 from forgetlab.recipes import evaluate as recipe
 from forgetlab.recipes import read_jsonl
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 SPLITS = ["forget", "retain", "holdout", "world_facts", "real_authors"]
 # what TOFU's model utility reads from real_authors (and world_facts), per sample

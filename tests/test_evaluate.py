@@ -5,59 +5,13 @@ import zlib
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from forgetlab.eval_passes import grad_norms
 from forgetlab.evaluate import rouge_l_f1, rouge_l_recall, score_model, score_split
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa, token_logprobs
-
-SENTENCES = [
-    "Question: Where was Ana Lopez born?\nAnswer: Ana Lopez was born in Lima, Peru.",
-    "Question: What does Kenji Sato write?\nAnswer: Kenji Sato writes science fiction novels.",
-    "The capital of France is Paris. Water boils at one hundred degrees.",
-    "Her father was a baker and her mother was a teacher in a small town.",
-]
-
-ROWS = [
-    {"id": 0, "entity_id": 0, "attribute": "birthplace", "question": "Where was Ana Lopez born?",
-     "answer": "Ana Lopez was born in Lima, Peru.",
-     "paraphrased_answer": "She was born in the city of Lima.",
-     "perturbed_answer": ["Ana Lopez was born in Paris.", "She was born in a small town.", "Lima."]},
-    {"id": 1, "entity_id": 1, "attribute": "genre", "question": "What does Kenji Sato write?",
-     "answer": "Kenji Sato writes science fiction novels.",
-     "paraphrased_answer": "He writes novels of science fiction.",
-     "perturbed_answer": ["Kenji Sato writes poems.", "He is a baker."]},
-    {"id": 2, "entity_id": 1, "attribute": "parents", "question": "Who were his parents?",
-     "answer": "His father was a baker and his mother was a teacher.",
-     "paraphrased_answer": "A baker and a teacher.",
-     "perturbed_answer": ["A teacher and a writer.", "Two bakers.", "A poet and a novelist.", "None."]},
-    {"id": 3, "entity_id": 9, "attribute": "fact", "question": "What is the capital of France?",
-     "answer": "Paris.", "paraphrased_answer": "It is Paris.", "perturbed_answer": ["Lima.", "Peru."]},
-]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(SENTENCES, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(cfg).eval()
+from tests.helpers import ROWS
 
 
 @pytest.fixture(scope="module")

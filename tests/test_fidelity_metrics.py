@@ -17,7 +17,7 @@ from scipy.stats import hmean, ks_2samp
 from forgetlab.evaluate import score_split
 from forgetlab.metrics import METRICS, compute_metrics
 from forgetlab.qa import encode_qa
-from tests.test_evaluate import ROWS, model, tok  # noqa: F401  (a tiny random Llama and its tokenizer)
+from tests.helpers import ROWS
 
 
 def frame(rows: dict[str, list[dict]]) -> pd.DataFrame:

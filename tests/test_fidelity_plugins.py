@@ -20,7 +20,11 @@ import torch
 from forgetlab.qa import IGNORE
 from forgetlab.train import TrainContext
 from forgetlab.unlearning import build_method
-from forgetlab.unlearning.plugins.gu_projection import adam_metric, orthonormal_basis, project_out
+from forgetlab.unlearning.plugins.gu_projection import (
+    adam_metric,
+    orthonormal_basis,
+    project_out,
+)
 
 V, H = 7, 3
 

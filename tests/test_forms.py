@@ -11,9 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-from forgetlab.data.vocab import ATTRIBUTES, BLANK, CLOZE_PREFIX, OPTIONS_PREFIX, OPTIONS_SEPARATOR
+from forgetlab.data.vocab import (
+    ATTRIBUTES,
+    BLANK,
+    CLOZE_PREFIX,
+    OPTIONS_PREFIX,
+    OPTIONS_SEPARATOR,
+)
 from forgetlab.data.world import (
-    FORM_FIELDS, QA_PROMPT, QA_SPLITS, RELABEL_FIELD, build_corpus, build_qa_splits, build_world, make_qa,
+    FORM_FIELDS,
+    QA_SPLITS,
+    RELABEL_FIELD,
+    build_corpus,
+    build_qa_splits,
+    build_world,
+    make_qa,
     tokenizer_texts,
 )
 from forgetlab.eval_passes import TokenStats
@@ -23,7 +35,7 @@ from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.metrics.form_robustness import FORM_FIELDS as METRIC_FORM_FIELDS
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.qa import encode_qa, token_logprobs
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 TOFU_FIELDS = ("id", "entity_id", "attribute", "question", "answer", "paraphrased_answer", "perturbed_answer")
 # sha256 of the TOFU fields of every QA split of the smoke world, computed before the forms were

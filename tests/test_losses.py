@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,33 +11,7 @@ from forgetlab.losses import kl_to_reference, nll, sequence_logprob
 from forgetlab.qa import IGNORE
 from forgetlab.registry import ComponentError
 from forgetlab.unlearning import METHODS, build_method
-
-LN = math.log
-
-
-class FixedLogits(torch.nn.Module):
-    """A 'model' whose next-token logits are a trainable tensor, whatever the input."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.tensor(logits, dtype=torch.float32))
-
-    def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=self.logits.expand(input_ids.size(0), -1, -1))
-
-
-def batch(labels):
-    labels = torch.tensor([labels])
-    return {"input_ids": labels.clamp(min=0), "labels": labels, "attention_mask": torch.ones_like(labels)}
-
-
-# Sequence of 3 tokens over a vocabulary of 2; the first is prompt (-100).
-# Position 0 predicts label 1 with logits [0, 0]        -> p = 1/2
-# Position 1 predicts label 0 with logits [ln 3, 0]     -> p = 3/(3+1) = 3/4
-# (position 2's logits predict nothing)
-LOGITS = [[[0.0, 0.0], [LN(3), 0.0], [0.0, 0.0]]]
-FORGET = batch([IGNORE, 1, 0])
-LOGP = LN(1 / 2) + LN(3 / 4)  # log pi(y|x) = ln(3/8)
+from tests.helpers import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
 
 
 def test_nll_is_the_mean_over_answer_tokens():

@@ -17,7 +17,9 @@ from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.recipes.evaluate import eval_splits, metrics_to_run, read_table
 from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from forgetlab.train import Loader, TrainContext
 from forgetlab.unlearning import build_method
 from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.gu_projection import orthonormal_basis, project_out
-from tests.test_plugin_saliency import tiny_world
+from tests.helpers import tiny_world
 
 K, SEED, LR, BETA2, EPS = 3, 11, 1e-3, 0.95, 1e-8
 

@@ -8,27 +8,12 @@ import torch
 
 from forgetlab.config import ConfigError, check_config
 from forgetlab.losses import nll
-from forgetlab.model import load_model, load_tokenizer
-from forgetlab.qa import encode_qa
-from forgetlab.recipes import read_jsonl
 from forgetlab.registry import build
 from forgetlab.train import Loader, TrainConfig, TrainContext, paired, train
 from forgetlab.unlearning import build_method
 from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.saliency import top_fraction_mask
-from tests.conftest import smoke_config
-from tests.test_losses import FORGET, LOGITS, FixedLogits
-
-
-def qa_examples(smoke_data, tokenizer, split: str) -> list[dict]:
-    return [encode_qa(tokenizer, r["question"], r["answer"], 256) for r in read_jsonl(smoke_data / "qa" / f"{split}.jsonl")]
-
-
-def tiny_world(smoke_data, tiny_model_dir):
-    """The tiny model and encoded forget10 / retain90 examples, as the unlearn recipe encodes them."""
-    tokenizer = load_tokenizer(tiny_model_dir)
-    return (load_model(tiny_model_dir), tokenizer.pad_token_id,
-            qa_examples(smoke_data, tokenizer, "forget10"), qa_examples(smoke_data, tokenizer, "retain90"))
+from tests.helpers import FORGET, LOGITS, FixedLogits, smoke_config, tiny_world
 
 
 def masks_as_lists(plugin):

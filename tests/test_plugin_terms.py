@@ -13,7 +13,7 @@ import torch
 from forgetlab.train import Loader, TrainContext
 from forgetlab.unlearning import build_method
 from forgetlab.unlearning.plugins.terms import gradient_only_of, loss_with_gradient_of
-from tests.test_plugin_saliency import tiny_world
+from tests.helpers import tiny_world
 
 METHODS = [{"name": "npo"}, {"name": "grad_diff"}, {"name": "grad_diff", "retain_loss": "kl"}, {"name": "rmu"},
            {"name": "pdu"}, {"name": "simnpo"}, {"name": "satimp"}, {"name": "wga"}, {"name": "grad_ascent"}]

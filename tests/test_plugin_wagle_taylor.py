@@ -12,7 +12,7 @@ from forgetlab.train import TrainContext
 from forgetlab.unlearning import build_method
 from forgetlab.unlearning.plugins import PLUGINS
 from forgetlab.unlearning.plugins.wagle_taylor import attribution_scores
-from tests.test_losses import FORGET, LN, FixedLogits, batch
+from tests.helpers import FORGET, LN, FixedLogits, batch
 
 RETAIN = batch([IGNORE, 0, IGNORE])  # one supervised token: position 0 predicts label 0
 # position 0: softmax([ln 3, 0]) = [3/4, 1/4]; position 1: softmax([0, ln 3]) = [1/4, 3/4]

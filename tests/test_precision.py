@@ -13,7 +13,7 @@ from forgetlab.model import autocast_dtype, load_model, load_tokenizer
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl
 from forgetlab.train import Loader, TrainConfig, train
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 STEPS = 3
 
@@ -96,6 +96,7 @@ def test_checkpoint_every_is_a_checked_train_setting():
         validate_schema(config)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_training_steps_on_cuda(tiny_model_dir, smoke_data):
     if not model_mod._cuda_bf16():

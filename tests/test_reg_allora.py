@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from forgetlab.model import load_model, save_model
 from forgetlab.registry import ComponentError
 from forgetlab.regularizers import build_regularizers
-from tests.test_reg_lora import MATRIX, finetune, lora_factors
+from tests.helpers import MATRIX, finetune, lora_factors
 
 
 def test_peft_config_has_no_dropout_and_unit_scaling(tiny_model_dir):

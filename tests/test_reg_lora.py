@@ -3,58 +3,15 @@ and the saved checkpoint is a plain transformers model."""
 
 from __future__ import annotations
 
-from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from forgetlab.losses import lm_loss
-from forgetlab.model import load_model, load_tokenizer, save_model
-from forgetlab.qa import encode_qa
-from forgetlab.recipes import read_jsonl
+from forgetlab.model import load_model, save_model
 from forgetlab.regularizers import REGULARIZERS, build_regularizers
-from forgetlab.train import Loader, TrainConfig, train
-
-MATRIX = "model.layers.1.self_attn.v_proj"  # the adapted matrix checked by hand
-
-
-def batches(data_dir, tokenizer, batch_size=8, seed=0):
-    rows = read_jsonl(data_dir / "qa" / "full.jsonl")
-    examples = [encode_qa(tokenizer, r["question"], r["answer"], 64) for r in rows]
-    return iter(Loader(examples, batch_size, tokenizer.pad_token_id, seed))
-
-
-def finetune(model_dir, data_dir, specs, steps=2, lr=1e-2, capture=None, prepare=None, **cfg):
-    """Real fine-tuning steps through forgetlab.train.train + lm_loss. `capture(peft_model)` is
-    called just before the first regularizer's finalize (i.e. before the merge); `prepare(regs)`
-    right after they are built."""
-    torch.manual_seed(0)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, torch.device("cpu"))
-    regs = build_regularizers(specs)
-    if capture is not None:
-        reg = regs[0]
-        original = reg.finalize
-
-        def finalize(m):
-            capture(m)
-            return original(m)
-
-        reg.finalize = finalize
-    if prepare is not None:
-        prepare(regs)
-    cfg = TrainConfig(**{"epochs": 1, "batch_size": 8, "lr": lr, "warmup_ratio": 0.0, **cfg})
-    model = train(model, partial(lm_loss, regularizers=regs), batches(data_dir, tokenizer), steps, cfg,
-                  hooks=regs, desc="test")
-    return model, tokenizer, regs
-
-
-def lora_factors(peft_model, name=MATRIX):
-    layer = peft_model.get_base_model().get_submodule(name)
-    return (layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone(),
-            layer.scaling["default"])
+from tests.helpers import MATRIX, finetune, lora_factors
 
 
 def test_registered():

@@ -10,7 +10,7 @@ import torch
 
 from forgetlab.losses import lm_loss
 from forgetlab.model import load_model, load_tokenizer
-from forgetlab.qa import collate, encode_qa
+from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl
 from forgetlab.regularizers import build_regularizers
 from forgetlab.regularizers.sparsity import cubic_sparsity

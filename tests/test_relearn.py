@@ -19,11 +19,13 @@ from forgetlab.losses import lm_loss
 from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.model import load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
-from forgetlab.recipes import read_jsonl
 from forgetlab.recipes import evaluate as recipe
+from forgetlab.recipes import read_jsonl
 from forgetlab.relearn import RelearnConfig, split_forget
 from forgetlab.train import Loader, TrainConfig, train
-from tests.conftest import cli_env, smoke_config
+from tests.helpers import cli_env, smoke_config
+
+pytestmark = pytest.mark.e2e
 
 NAN = math.nan
 KEYS = {"relearn_recovery", "relearn_recovery_rouge", "relearn_forget_prob", "relearn_forget_rouge"}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from forgetlab.config import ConfigError, parse_coordinates, snapshot, stage_params
-from tests.conftest import cli_env, smoke_config
+from tests.helpers import cli_env, smoke_config
 
 
 def test_coordinates_are_parsed_with_their_types():
@@ -60,6 +60,7 @@ def test_a_snapshot_is_written_once_per_content(tmp_path):
     assert second != first and yaml.safe_load(first.read_text())["unlearn"]["lr"] != 5e-4  # the old one is kept
 
 
+@pytest.mark.e2e
 def test_the_cli_names_a_bad_coordinate_in_one_line(tmp_path):
     path = snapshot(smoke_config(), tmp_path)
     proc = subprocess.run(["forgetlab", "unlearn", "--config", str(path), "--at", "regularizer=none", "--at", "seed=0",

@@ -4,7 +4,6 @@ same command ends bit-identical to an uninterrupted run, weights and MLflow step
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -15,137 +14,45 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file
 
 from forgetlab.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
-from forgetlab.config import stage_params
 from forgetlab.hooks import Hooks
 from forgetlab.recipes import finetune, unlearn
 from forgetlab.train import Loader, TrainConfig, TrainContext, train
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import (
+    REPO,
+    assert_same_history,
+    assert_same_weights,
+    cli_env,
+    command,
+    interrupted,
+    job,
+    smoke_config,
+)
+
+pytestmark = pytest.mark.e2e
 
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def study(stage: str, entry: list | dict, extra: dict | None = None, **train) -> tuple[dict, dict]:
-    """A smoke config whose one finetune (target) or unlearn job runs `entry`, with train
-    overrides (and `extra` top-level keys, e.g. distributed), and that job's grid coordinates."""
-    config = {**smoke_config(), **(extra or {})}
-    config.pop("sequential")  # it names entries that this config replaces
-    if stage == "finetune":
-        config["regularizers"] = {"r": entry}
-        coords = {"model": "target", "role": "target", "regularizer": "r", "seed": 0}
-    else:
-        config["methods"] = {"m": entry}
-        coords = {"model": "unlearned", "regularizer": "none", "seed": 0, "split": "forget10", "method": "m"}
-    config[stage] = {**config[stage], **train}
-    return config, coords
 
 
-def job(stage: str, entry: list | dict, **train) -> dict:
-    """The resolved params of that job."""
-    config, coords = study(stage, entry, **train)
-    return stage_params(config, stage, **coords)
 
 
-def command(stage: str, entry: list | dict, train: dict, model: Path, data: Path, out: Path,
-            extra: dict | None = None) -> list[str]:
-    """The job's command line: its config written next to `out`, and its coordinates."""
-    config, coords = study(stage, entry, extra, **train)
-    path = out.parent / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    source = "--pretrained" if stage == "finetune" else "--target"
-    return ["forgetlab", stage, "--config", str(path), *(f"--at={k}={v}" for k, v in coords.items()),
-            source, str(model), "--data", str(data), "--out", str(out), "--threads", "1"]
 
 
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(out / "model.safetensors")
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"tensors differ from the uninterrupted run: {different}"
 
 
-def finished_run(db: Path):
-    client = MlflowClient(f"sqlite:///{db}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == 1, [r.info.status for r in runs]
-    return client, finished[0]
 
 
-def histories(client, run) -> dict[str, list[tuple[int, float]]]:
-    """Every metric's full history as (step, value), in logging order."""
-    out = {}
-    for key in run.data.metrics:
-        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
-        out[key] = [(m.step, "nan" if math.isnan(m.value) else m.value) for m in history]
-    return out
 
 
-def assert_same_history(reference_db: Path, resumed_db: Path) -> object:
-    client_a, run_a = finished_run(reference_db)
-    client_b, run_b = finished_run(resumed_db)
-    a, b = histories(client_a, run_a), histories(client_b, run_b)
-    assert a.keys() == b.keys()
-    assert len(a["loss"]) == int(run_a.data.metrics.get("train_steps") or run_a.data.metrics["unlearn_steps"])
-    for key in a:
-        assert a[key] == b[key], f"MLflow history of {key} differs from the uninterrupted run"
-    return run_b
 
 
-def wait_until(ready, proc: subprocess.Popen, log: Path, what: str, timeout=180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"the job ended (status {proc.returncode}) before {what}:\n" + log.read_text()[-3000:])
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.02)
 
 
-def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[int], every: int, desc: str) -> list[int]:
-    """Run the command, stopping it with each signal in turn, then run it to completion; returns the
-    checkpoint's step after each stop. With checkpoint_every, each signal waits for a new periodic
-    checkpoint; without (SIGTERM only), for the training loop's progress bar, then half a second."""
-    ckpt = checkpoint_dir(out) / "state.pt"
-    previous, steps = None, []
-
-    def new_checkpoint() -> bool:
-        return ckpt.exists() and (ckpt.stat().st_ino, ckpt.stat().st_mtime_ns) != previous
-
-    for i, sig in enumerate(signals):
-        log = cwd / f"attempt{i}.log"
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-            if every:
-                wait_until(new_checkpoint, proc, log, "a new checkpoint")
-            else:
-                wait_until(lambda: desc in log.read_text(), proc, log, "the training loop")
-                time.sleep(0.5)
-            proc.send_signal(sig)
-            status = proc.wait(timeout=120)
-        text = log.read_text()
-        if sig == signal.SIGTERM:  # checkpoints at the end of the step, then exits non-zero to be rerun
-            assert status == 143, text[-3000:]
-            assert "stopped by SIGTERM after step" in text and "checkpoint" in text
-        else:
-            assert status == -signal.SIGKILL
-        assert not out.exists(), "a killed job must leave no output"
-        previous = (ckpt.stat().st_ino, ckpt.stat().st_mtime_ns)
-        steps.append(torch.load(ckpt, weights_only=True)["step"])
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming from checkpoint {ckpt}" in done.stderr
-    assert not checkpoint_dir(out).exists(), "the checkpoint is removed once the job succeeds"
-    assert not list(out.parent.glob(f".{out.name}.tmp-*")), "no temporary directory is left behind"
-    return steps
 
 
 # --- the stage commands, killed and restarted ---------------------------------------------------------

@@ -23,7 +23,7 @@ from forgetlab.config import (
 )
 from forgetlab.recipes import read_jsonl, unlearn
 from forgetlab.sequential import author_chunks, forget_chunk
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
 
 
 def authored_rows(n_authors: int, facts: int = 3) -> list[dict]:

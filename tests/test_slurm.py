@@ -30,8 +30,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from forgetlab.config import ConfigError, validate_schema
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
 from tests.slurm_cluster import SlurmUnavailable, start_cluster
+
+pytestmark = pytest.mark.slurm
 
 CONFIG = "slurm-smoke.yaml"
 RESOURCES = "slurm-test-resources.yaml"

@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forgetlab.stats import STATS_COLUMNS, TEST_COLUMNS, bootstrap_ci, holm, paired_test, paired_tests, seed_stats
+from forgetlab.stats import (
+    STATS_COLUMNS,
+    TEST_COLUMNS,
+    bootstrap_ci,
+    holm,
+    paired_test,
+    paired_tests,
+    seed_stats,
+)
 
 
 # --- Holm ---------------------------------------------------------------------------------------

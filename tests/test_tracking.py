@@ -20,7 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from forgetlab import replay
 from forgetlab.tracking import Run, stage_run
-from tests.conftest import REPO, cli_env
+from tests.helpers import REPO, cli_env
+
+pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 

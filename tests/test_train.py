@@ -12,7 +12,7 @@ from forgetlab.hooks import Hooks
 from forgetlab.recipes import finetune
 from forgetlab.schedule import lr_lambda
 from forgetlab.train import Loader, NonFiniteLossError, TrainConfig, train
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 
 def test_warmup_then_cosine_by_hand():

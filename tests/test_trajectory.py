@@ -15,7 +15,7 @@ from forgetlab.recipes import unlearn as unlearn_recipe
 from forgetlab.train import NonFiniteLossError
 from forgetlab.trajectory import steps_to_threshold
 from forgetlab.unlearning.grad_ascent import GradAscent
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 
 def test_steps_to_threshold_is_the_first_step_below_the_oracle():

@@ -12,15 +12,10 @@ import math
 import pytest
 import torch
 
-from forgetlab.qa import IGNORE
 from forgetlab.unlearning import build_method
 from forgetlab.unlearning.flat import DIVERGENCES, mean_token_prob
-from tests.test_losses import LN, FixedLogits, batch
+from tests.helpers import FORGET4, IDK4, LN, LOGITS4, FixedLogits
 
-LOGITS4 = [[[0.0, 0.0], [LN(3), 0.0], [0.0, LN(3)], [0.0, 0.0]]]
-FORGET4 = batch([IGNORE, 1, 0, IGNORE])
-IDK4 = batch([IGNORE, IGNORE, IGNORE, 0])
-UNIFORM4 = [[[0.0, 0.0]] * 4]
 P_E, P_F = 1 / 4, 5 / 8
 
 

@@ -8,8 +8,17 @@ import torch
 from forgetlab.losses import sequence_logprob
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, FixedLogits, batch
-from tests.test_unlearn_flat import FORGET4, IDK4, LOGITS4, UNIFORM4
+from tests.helpers import (
+    FORGET,
+    FORGET4,
+    IDK4,
+    LN,
+    LOGITS,
+    LOGITS4,
+    UNIFORM4,
+    FixedLogits,
+    batch,
+)
 
 IDK = batch([IGNORE, 0, 1])  # the refusal: p = 1/2 then 1/4 -> log pi(y_w|x) = ln(1/8)
 RETAIN = batch([IGNORE, 0, IGNORE])  # NLL ln 2

@@ -6,7 +6,7 @@ import torch
 from forgetlab.losses import sequence_logprob
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, FixedLogits, batch
+from tests.helpers import FORGET, LN, LOGITS, FixedLogits, batch
 
 # the refusal: label 0 at position 0 (p = 1/2) and label 1 at position 1 (p = 1/4)
 IDK = batch([IGNORE, 0, 1])

@@ -8,7 +8,7 @@ import torch
 from forgetlab.qa import IGNORE
 from forgetlab.train import Loader, TrainContext
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, FixedLogits, batch
+from tests.helpers import FORGET, LN, LOGITS, FixedLogits, batch
 
 RETAIN = batch([IGNORE, 0, IGNORE])  # one token, logits [0, 0] -> NLL ln 2
 # FORGET's answer positions: [0, 0] -> margin max - mean = 0;  [ln 3, 0] -> ln 3 - ln(3)/2 = ln(3)/2

@@ -6,7 +6,7 @@ import torch
 from forgetlab.losses import sequence_logprob
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
+from tests.helpers import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
 
 # the wrong answer: label 0 at position 0 (p = 1/2) and label 1 at position 1 (p = 1/4)
 WRONG = batch([IGNORE, 0, 1])

@@ -8,7 +8,7 @@ import torch
 from forgetlab.losses import sequence_logprob
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
+from tests.helpers import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
 
 # FORGET: 2 answer tokens with p = 1/2 and 3/4 -> log pi(y|x) = ln(3/8), |y| = 2.
 RETAIN = batch([IGNORE, 0, IGNORE])  # one token, logits [0, 0] -> NLL ln 2

@@ -5,7 +5,7 @@ import torch
 
 from forgetlab.losses import sequence_logprob
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, LOGP, FixedLogits
+from tests.helpers import FORGET, LN, LOGITS, LOGP, FixedLogits
 
 UNIFORM = [[[0.0, 0.0]] * 3]
 

@@ -12,9 +12,9 @@ from forgetlab.config import stage_params
 from forgetlab.model import load_tokenizer
 from forgetlab.qa import IGNORE, encode_qa
 from forgetlab.recipes import read_jsonl, unlearn
-from forgetlab.recipes.unlearn import alternative_answers, relabel_candidates, refusals
+from forgetlab.recipes.unlearn import alternative_answers, refusals, relabel_candidates
 from forgetlab.train import TrainConfig
-from tests.conftest import smoke_config
+from tests.helpers import smoke_config
 
 SPECS = {
     "idk_nll": {"name": "idk_nll", "alpha": 1.0},

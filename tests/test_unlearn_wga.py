@@ -6,7 +6,7 @@ import torch
 from forgetlab.losses import sequence_logprob
 from forgetlab.qa import IGNORE
 from forgetlab.unlearning import build_method
-from tests.test_losses import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
+from tests.helpers import FORGET, LN, LOGITS, LOGP, FixedLogits, batch
 
 RETAIN = batch([IGNORE, 0, IGNORE])  # NLL ln 2
 

@@ -12,8 +12,19 @@ import pytest
 import torch
 
 from forgetlab import environment
-from forgetlab.verify import (TEXT_ROWS, TOLERANCES, compare_outputs, compare_tables, compare_tensors, compare_values,
-                              judge, rerun_command, sample)
+from forgetlab.verify import (
+    TEXT_ROWS,
+    TOLERANCES,
+    compare_outputs,
+    compare_tables,
+    compare_tensors,
+    compare_values,
+    judge,
+    rerun_command,
+    sample,
+)
+
+pytestmark = pytest.mark.e2e
 
 W_ATOL = TOLERANCES["weights"][0]
 T_ATOL, T_RTOL = TOLERANCES["tables"]

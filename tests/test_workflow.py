@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from forgetlab import environment
 from forgetlab.config import entry_components, sequential_runs
 from forgetlab.recipes.report import ID_COLUMNS as REPORT_IDS
-from tests.conftest import REPO, cli_env, smoke_config
+from tests.helpers import REPO, cli_env, smoke_config
+
+pytestmark = pytest.mark.e2e
 
 CONFIG = "config/smoke.yaml"
 ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "sequential_step"]
