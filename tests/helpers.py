@@ -186,7 +186,8 @@ def assert_same_history(reference_db: Path, resumed_db: Path) -> object:
 def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[int], every: int, desc: str) -> list[int]:
     """Run the command, stopping it with each signal in turn, then run it to completion; returns the
     checkpoint's step after each stop. With checkpoint_every, each signal waits for a new periodic
-    checkpoint; without (SIGTERM only), for the training loop's progress bar."""
+    checkpoint; without (SIGTERM only), for the training loop's progress bar and 0.3 s of the job's
+    CPU time after it (so that steps were done)."""
     ckpt = checkpoint_dir(out) / "state.pt"
     previous, steps = None, []
 
@@ -199,8 +200,11 @@ def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[i
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
             if every:
                 wait_until(new_checkpoint, proc, log, "a new checkpoint")
-            else:  # the loop's SIGTERM handler is in place before its progress bar is first drawn
+            else:  # the loop's SIGTERM handler is in place before its progress bar is first drawn;
+                # then the job must have computed for a while (steps done), whatever the machine's load
                 wait_until(lambda: desc in log.read_text(), proc, log, "the training loop")
+                start = cpu_seconds(proc.pid)
+                wait_until(lambda: cpu_seconds(proc.pid) - start >= 0.3, proc, log, "0.3 s of CPU time in the loop")
             proc.send_signal(sig)
             status = proc.wait(timeout=120)
         text = log.read_text()
@@ -227,6 +231,12 @@ def histories(client, run) -> dict[str, list[tuple[int, float]]]:
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         out[key] = [(m.step, "nan" if math.isnan(m.value) else m.value) for m in history]
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user + system CPU time a running process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until(ready, proc: subprocess.Popen, log: Path, what: str, timeout=180.0) -> None:

@@ -160,7 +160,9 @@ def test_unreachable_server_fails_the_job_at_once(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: MLflow tracking server {uri} does not answer")
     assert "Traceback" not in proc.stderr
-    assert elapsed < 20, elapsed  # imports included; mlflow's own retries would take minutes
+    # imports and the config check included, on a loaded machine too: mlflow's own retries (7, with
+    # backoff) would take over 4 minutes
+    assert elapsed < 90, elapsed
     assert not (tmp_path / "data" / "smoke").exists()
 
 
