@@ -8,12 +8,12 @@
 # so that the study does not end waiting on a late fine-tune and its chain of short jobs
 rule finetune:
     input:
-        pretrained=PRETRAINED,
+        pretrained=finetune_start,
         qa=rules.prepare_data.output.qa,
     output:
         directory(FINETUNED),
     wildcard_constraints:
-        tuned=rf"{FINETUNED_MODEL}(/{INGREDIENT})?",
+        tuned=rf"({FINETUNED_MODEL}(/{INGREDIENT})?|{STAGE_MODEL})",
     priority: 10
     params:
         **job("finetune", finetune_coords),
