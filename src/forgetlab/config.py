@@ -302,5 +302,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
             params["method_spec"] = config["methods"][coords["method"]]
         return params
     if stage == "report":
-        return {**base, "metrics": config["evaluate"]["metrics"]}
+        params = {**base, "metrics": config["evaluate"]["metrics"]}
+        if paths.study_paths(config):  # their order: the first path is the cross-path reference
+            params["paths"] = paths.study_paths(config)
+        return params
     raise ConfigError(f"unknown stage {stage!r}")
