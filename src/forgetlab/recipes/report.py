@@ -18,6 +18,9 @@ metrics, the unlearning trajectories (forget_prob against step; retain/forget pa
 sequential runs (each headline metric against the step).
 The steps of sequential runs are only in the summary and their own figure: the statistics, the
 paired tests, the heatmaps and the forget-quality-vs-utility plot are of the other models.
+With training paths (forgetlab.paths) every model row has a `path`, the stats are per path, the
+paired tests also pair on it, and the figures above show the first path; with two paths or more,
+forgetlab.path_report adds the cross-path tables and their figure (path_report.OUTPUTS).
 """
 
 from __future__ import annotations
