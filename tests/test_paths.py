@@ -240,3 +240,9 @@ def test_the_other_figures_show_the_reference_path():
     assert only["model"].tolist() == ["pretrained", "target"]
     stats_table = pd.DataFrame({"regularizer": ["none"], "metric": ["x"], "value": [1.0], "seed": [0], "path": ["a"]})
     assert path_report.per_path(lambda t: t.assign(n=len(t)), stats_table).columns[0] == "path"
+
+
+def test_the_figure_marks_each_paths_oracle_level():
+    summary = pd.DataFrame({"model": ["oracle", "oracle", "oracle", "target"], "regularizer": "none", "split": "forget10",
+                            "path": ["a", "a", "b", "a"], "forget_prob": [0.2, 0.4, 0.5, 0.9]})
+    assert path_report.oracle_levels(summary) == pytest.approx({("none", "forget10", "a"): 0.3, ("none", "forget10", "b"): 0.5})

@@ -14,7 +14,8 @@ The summary then has a `path` column; the first path of the config's `paths:` is
 * ``mass``: along the unlearning trajectory, the seed mean per path of where the forget answers'
   probability goes: forget_prob, and the paraphrased and perturbed answers' probability when the
   trajectory records them (`forget_paraphrased_prob`, `forget_perturbed_prob`);
-* ``figure``: those trajectories, a panel per (quantity, method), a line per path.
+* ``figure``: those trajectories, a panel per (quantity, method), a line per path (and each
+  path's oracle forget_prob, dashed).
 """
 
 from __future__ import annotations
@@ -155,8 +156,17 @@ def mass(trajectories: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def figure(table: pd.DataFrame, order: list[str], path: Path) -> None:
-    """A panel per (recorded MASS quantity, method), a line per path (and regularizer, split)."""
+def oracle_levels(summary: pd.DataFrame) -> dict[tuple, float]:
+    """(regularizer, split, path) -> the seed mean of that path's oracle's forget_prob."""
+    oracles = summary[(summary["model"] == "oracle") & summary[PATH].notna()]
+    if "forget_prob" not in oracles:
+        return {}
+    return oracles.groupby(["regularizer", "split", PATH])["forget_prob"].mean().to_dict()
+
+
+def figure(table: pd.DataFrame, order: list[str], path: Path, oracle: dict[tuple, float] | None = None) -> None:
+    """A panel per (recorded MASS quantity, method), a line per path (and regularizer, split); on
+    the forget_prob panels, each path's oracle level dashed in the path's colour."""
     from forgetlab import plots
 
     if table.empty:
@@ -177,6 +187,9 @@ def figure(table: pd.DataFrame, order: list[str], path: Path) -> None:
                 label = name + (f" ({reg})" if len(styles) > 1 else "") + (f" {split}" if table["split"].nunique() > 1 else "")
                 ax.plot(line["step"], line[quantity], color=colors.get(name), linestyle=styles[reg], marker="o",
                         markersize=3, label=label)
+                level = (oracle or {}).get((reg, split, name)) if quantity == "forget_prob" else None
+                if level is not None:
+                    ax.axhline(level, color=colors.get(name), linestyle="--", linewidth=0.8, label=f"{name}: oracle")
             ax.set_title(f"{method}: {MASS[quantity]}", fontsize=9)
             ax.set_ylabel(f"{quantity} (seed mean)" if j == 0 else "")
             ax.set_xlabel("unlearning step")
@@ -195,5 +208,5 @@ def write(order: list[str], summary: pd.DataFrame, trajectories: pd.DataFrame, m
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
     known = order or sorted(summary[PATH].dropna().unique())
-    figure(trajectory_mass, known, out / "path_trajectories.png")
+    figure(trajectory_mass, known, out / "path_trajectories.png", oracle_levels(summary))
     return list(OUTPUTS)
