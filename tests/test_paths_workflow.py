@@ -94,7 +94,7 @@ def test_the_summary_has_a_row_per_model_of_each_path(study):
     assert summary.loc[summary["model"] == "pretrained", "path"].isna().all()
     # every unlearned model started from its own path's target and was scored against its own oracle
     for row in models[models["model"] == "unlearned"].itertuples():
-        assert row.model_path == f"{RES}/unlearn/none/seed{row.seed}/{row.path}/forget10/{row.method}/model"
+        assert row.model_path == f"{RES}/unlearn/none/seed{int(row.seed)}/{row.path}/forget10/{row.method}/model"
     assert (models.loc[models["model"] == "oracle", "forget_quality"] == 1.0).all()
 
 
