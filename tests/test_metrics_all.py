@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from forgetlab.config import stage_params
-from forgetlab.evaluate import score_model
+from forgetlab.eval.relearn import RelearnConfig, attach_relearn, relearn_columns
+from forgetlab.eval.scoring import score_model
 from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.recipes.evaluate import eval_splits, metrics_to_run, read_table
-from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
 from tests.helpers import REPO, cli_env, smoke_config
 
 pytestmark = pytest.mark.e2e

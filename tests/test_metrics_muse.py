@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from forgetlab.evaluate import rouge_l_f1
+from forgetlab.eval.scoring import rouge_l_f1
 from forgetlab.metrics import METRICS, EvalInputError, compute_metrics
 from forgetlab.metrics.privleak import privleak_of
 

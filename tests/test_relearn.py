@@ -1,4 +1,4 @@
-"""The relearning attack (forgetlab.relearn) and its metric relearn_recovery: hand-worked tables,
+"""The relearning attack (forgetlab.eval.relearn) and its metric relearn_recovery: hand-worked tables,
 the forget split's division, the input errors, and `forgetlab evaluate` end to end on tiny models."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import torch
 import yaml
 
 from forgetlab.config import stage_params
+from forgetlab.eval.relearn import RelearnConfig, split_forget
 from forgetlab.losses import lm_loss
 from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.model import load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import evaluate as recipe
 from forgetlab.recipes import read_jsonl
-from forgetlab.relearn import RelearnConfig, split_forget
 from forgetlab.train import Loader, TrainConfig, train
 from tests.helpers import cli_env, smoke_config
 

@@ -1,4 +1,4 @@
-"""Aggregate metrics over a per-sample score table (see `forgetlab.evaluate`).
+"""Aggregate metrics over a per-sample score table (see `forgetlab.eval.scoring`).
 
 A metric is a function ``(samples, oracle) -> float | dict[str, float]`` registered with
 ``@METRICS.register(name)``; ``samples`` is the model's per-sample table, ``oracle`` the retain-only

@@ -2,7 +2,7 @@
 Form-Independent", arXiv:2506.07795, the ORT benchmark): the forget facts probed in forms other
 than the trained QA form.
 
-Per forget row (see `forgetlab.forms`; all probabilities are exp(-mean answer-token NLL)):
+Per forget row (see `forgetlab.eval.forms`; all probabilities are exp(-mean answer-token NLL)):
 p_orig = P(a | q)^(1/|a|) (``prob``), p_para = P(a | q̃)^(1/|a|) with q̃ the paraphrased question,
 p_cloze = P(v | fill-in-the-blank statement)^(1/|v|) with v the value, and over the k options
 o_j of the multiple-choice question m, p_mc = p_* / Σ_j p_j (p_j = P(o_j | m)^(1/|o_j|), p_* the

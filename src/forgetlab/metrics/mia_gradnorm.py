@@ -16,7 +16,7 @@ no dropout (the dropout regularizer removes its hooks and resets attention_dropo
 train and eval mode give the same g.
 
 g is the per-sample column grad_norm, the only value that needs a backward pass; evaluate
-computes it on the forget and holdout splits (`forgetlab.eval_passes.grad_norms`).
+computes it on the forget and holdout splits (`forgetlab.eval.passes.grad_norms`).
 Hand-worked: forget g = 0.1, 0.3 and holdout g = 0.2, 0.4 -> AUC = 3/4.
 """
 

@@ -1,7 +1,7 @@
 """Relearning attack: the fraction of the target-vs-oracle gap that a little fine-tuning on part
 of the forget set brings back on the rest of it (Hu et al. 2025, "Jogging the Memory of Unlearned
 LLMs Through Targeted Relearning Attacks"; Deeb and Roger 2024, "Do Unlearning Methods Remove
-Information from Language Model Weights?"). The attack itself is `forgetlab.relearn`.
+Information from Language Model Weights?"). The attack itself is `forgetlab.eval.relearn`.
 
 The forget rows are split once, with random.Random(data seed), into a relearn subset
 (round(fraction * n) rows, at least 1, at most n - 1) and the held-out rest R (column

@@ -1,7 +1,7 @@
 """TOFU aggregated truth-ratio scores (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning";
 open-unlearning's ``truth_ratio`` with its ``closer_to_1_better`` and ``true_better`` aggregators).
 
-Per sample (column ``truth_ratio``, see `forgetlab.evaluate`), as TOFU's code and open-unlearning:
+Per sample (column ``truth_ratio``, see `forgetlab.eval.scoring`), as TOFU's code and open-unlearning:
 
     R = exp(-(1/m) Σ_i NLL(â_i)) / exp(-NLL(c))       NLL = mean per-token NLL of the answer + eos
 

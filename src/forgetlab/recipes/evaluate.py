@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from forgetlab.evaluate import score_model
+from forgetlab.eval.scoring import score_model
 from forgetlab.metrics import INPUTS, EvalInputError, compute_metrics, mean_or_nan, needs_of, split_values
 from forgetlab.model import atomic_dir, autocast, load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl, set_threads, write_json
-from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
+from forgetlab.eval.relearn import RelearnConfig, attach_relearn, relearn_columns
 from forgetlab.tracking import stage_run
 from forgetlab.train import seed_everything
-from forgetlab.trajectory import steps_to_threshold
+from forgetlab.eval.trajectory import steps_to_threshold
 
 LABELS = ("study", "model", "regularizer", "method", "split", "seed")
 SEQUENTIAL_LABELS = ("sequential_step", "sequential_chunks")  # only a sequential run's steps have them

@@ -35,7 +35,7 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
   have no rows in corpus.jsonl, and their answers were never trained on concatenated.
 * form robustness (ORT), on the forget split only (NaN elsewhere, and on rows without form
   fields): ``form_paraphrased_prob``, ``form_cloze_prob``, ``form_mc_option_prob`` and
-  ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.forms`).
+  ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.eval.forms`).
 
 One forward pass per padded batch yields every likelihood value (answers, paraphrases and
 perturbations of all rows together); one batched greedy decoding covers the QA answers and the
@@ -52,8 +52,8 @@ import zlib
 
 import pandas as pd
 
-from forgetlab.eval_passes import greedy_continuations, grad_norms, timed, token_stats
-from forgetlab.forms import FORM_COLUMNS, NO_FORMS, score_forms
+from forgetlab.eval.forms import FORM_COLUMNS, NO_FORMS, score_forms
+from forgetlab.eval.passes import greedy_continuations, grad_norms, timed, token_stats
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa
 
