@@ -57,13 +57,14 @@ from forgetlab.config import stage_params
 from forgetlab.data import prepare_data
 from forgetlab.eval.forms import form_pairs, form_scores
 from forgetlab.eval.passes import TokenStats, device_of, supervised_stats, without_last_label
+from forgetlab.eval.plan import RELEARN, passes_for
 from forgetlab.eval.relearn import RelearnConfig, relearn_columns
 from forgetlab.eval.scoring import (ANSWER_IS_CORRECT, MIA_SPLITS, ratio_exp, rouge_l_f1, rouge_l_recall, score_model,
                                 verbmem_prompt)
 from forgetlab.metrics import compute_metrics
 from forgetlab.model import load_model, load_tokenizer, new_llama
 from forgetlab.qa import IGNORE, encode_prompt, encode_qa
-from forgetlab.recipes.evaluate import RELEARN_METRICS, eval_splits
+from forgetlab.recipes.evaluate import eval_splits
 
 SPLITS = ("forget", "retain", "holdout", "world_facts", "real_authors")
 SUITE = ["forget_quality", "model_utility", "split_means", *(f"{s}_truth_ratio" for s in SPLITS),
@@ -226,7 +227,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = yaml.safe_load(Path(args.config).read_text())
     # relearn_recovery is timed on its own below (no naive counterpart, and it needs the target's table)
-    names = [n for n in dict.fromkeys(config["evaluate"]["metrics"] + SUITE) if n not in RELEARN_METRICS]
+    names = [n for n in dict.fromkeys(config["evaluate"]["metrics"] + SUITE) if RELEARN not in passes_for([n])]
     if unknown := [n for n in names if n not in NEEDS]:
         raise SystemExit(f"no naive counterpart for metric(s) {', '.join(unknown)}: add them to NEEDS")
     params = stage_params(config, "evaluate", model="target", regularizer=next(iter(config["regularizers"])),

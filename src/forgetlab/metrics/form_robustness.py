@@ -31,7 +31,7 @@ a worst case of 0.5 (the paraphrased form).
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, EvalInputError, split_rows
+from forgetlab.metrics import METRICS, EvalInputError, split_rows, uses
 
 # forgetlab.data.world.FORM_FIELDS, spelled out so that the metrics stay importable without torch
 FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
@@ -41,7 +41,8 @@ COLUMNS = [*GENERATIVE.values(), "form_mc_option_prob", "form_mc_correct"]
 
 
 @METRICS.register("form_robustness")
-def form_robustness(samples, oracle=None) -> dict[str, float]:
+@uses(columns=COLUMNS)
+def form_robustness(samples, oracle=None, role="model") -> dict[str, float]:
     rows = split_rows(samples, "forget", "form_robustness", COLUMNS)
     missing = rows[COLUMNS].isna().any(axis=1)
     if missing.any():

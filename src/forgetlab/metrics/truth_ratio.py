@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forgetlab.metrics import METRICS, mean_or_nan, require_values, split_values
+from forgetlab.metrics import METRICS, mean_or_nan, require_values, split_values, uses
 
 
 def symmetric_score(samples, split: str, column: str = "truth_ratio") -> float:
@@ -50,7 +50,8 @@ def utility_score(samples, split: str, column: str = "truth_ratio") -> float:
 
 def _register(name: str, split: str, score, column: str = "truth_ratio") -> None:
     @METRICS.register(name)
-    def metric(samples, oracle=None) -> float:
+    @uses(columns=(column,))
+    def metric(samples, oracle=None, role="model") -> float:
         require_values(samples, split, column, name)
         return score(samples, split, column)
 
