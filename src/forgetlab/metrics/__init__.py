@@ -142,7 +142,7 @@ def compute_metrics(names: list[str] | None, samples: pd.DataFrame, oracle: pd.D
         oracle = samples
     out: dict[str, float] = {}
     for name in METRICS.names() if names is None else names:
-        uses_of(name)
+        uses_of(name)  # an undeclared metric is an error, not a metric the evaluation cannot plan for
         value = METRICS.get(name)(samples, oracle, role=role)
         for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
             v = float(v)
