@@ -8,12 +8,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from forgetlab.config import stage_params
-from forgetlab.evaluate import score_split
+from forgetlab.eval.scoring import score_split
+from forgetlab.eval.trajectory import steps_to_threshold
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl
 from forgetlab.recipes import unlearn as unlearn_recipe
 from forgetlab.train import NonFiniteLossError
-from forgetlab.trajectory import steps_to_threshold
 from forgetlab.unlearning.grad_ascent import GradAscent
 from tests.helpers import smoke_config
 

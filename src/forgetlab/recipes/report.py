@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from forgetlab import environment, plots, stats
+from forgetlab.eval.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 from forgetlab.model import atomic_dir
 from forgetlab.tracking import stage_run
-from forgetlab.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 
 STAGE_OF = {"pretrained": "pretrain", "target": "finetune", "oracle": "finetune"}
 ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "sequential_step",

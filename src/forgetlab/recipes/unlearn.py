@@ -15,13 +15,13 @@ from pathlib import Path
 
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.world import RELABEL_FIELD
+from forgetlab.eval.trajectory import Trajectory
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.sequential import forget_chunk
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, paired, seed_everything, train
-from forgetlab.trajectory import Trajectory
 from forgetlab.unlearning import build_method
 
 

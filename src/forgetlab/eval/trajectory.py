@@ -20,7 +20,7 @@ from contextlib import nullcontext
 
 import pandas as pd
 
-from forgetlab.evaluate import score_split
+from forgetlab.eval.scoring import score_split
 from forgetlab.hooks import Hooks
 from forgetlab.metrics import mean_or_nan
 from forgetlab.metrics.truth_ratio import symmetric_score
