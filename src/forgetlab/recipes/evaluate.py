@@ -17,7 +17,7 @@ from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
 from forgetlab.tracking import stage_run
 from forgetlab.train import seed_everything
-from forgetlab.trajectory import steps_to_threshold
+from forgetlab.trajectory import matched_metrics, steps_to_threshold
 
 LABELS = ("study", "model", "regularizer", "method", "split", "seed")
 SEQUENTIAL_LABELS = ("sequential_step", "sequential_chunks")  # only a sequential run's steps have them
@@ -136,7 +136,11 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
         metrics = compute_metrics(names, samples, oracle_samples)
         if (model_dir / "trajectory.csv").exists() and oracle_samples is not None:
             oracle_forget_prob = mean_or_nan(split_values(oracle_samples, "forget", "prob"))
-            metrics.update(steps_to_threshold(pd.read_csv(model_dir / "trajectory.csv"), oracle_forget_prob))
+            traj = pd.read_csv(model_dir / "trajectory.csv")
+            metrics.update(steps_to_threshold(traj, oracle_forget_prob))
+            if (model_dir / "trajectory_samples.parquet").exists():  # the comparison at equal forgetting
+                metrics.update(matched_metrics(traj, pd.read_parquet(model_dir / "trajectory_samples.parquet"),
+                                               oracle_forget_prob, oracle_samples))
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
         labels.update({k: params[k] for k in SEQUENTIAL_LABELS if params.get(k) is not None})
