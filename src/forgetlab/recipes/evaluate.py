@@ -14,7 +14,7 @@ from forgetlab.eval.plan import RELEARN, metrics_to_run, needs_target, passes_fo
 from forgetlab.eval.relearn import RelearnConfig, attach_relearn, relearn_columns
 from forgetlab.eval.scoring import score_model
 from forgetlab.eval.tables import attach_target, read_table
-from forgetlab.eval.trajectory import steps_to_threshold
+from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
 from forgetlab.metrics import EvalInputError, compute_metrics, mean_or_nan, split_values
 from forgetlab.model import atomic_dir, autocast, load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl, set_threads, write_json
@@ -82,7 +82,11 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
         oracle_samples = samples if is_oracle else oracle_table
         if (model_dir / "trajectory.csv").exists() and oracle_samples is not None:
             oracle_forget_prob = mean_or_nan(split_values(oracle_samples, "forget", "prob"))
-            metrics.update(steps_to_threshold(pd.read_csv(model_dir / "trajectory.csv"), oracle_forget_prob))
+            traj = pd.read_csv(model_dir / "trajectory.csv")
+            metrics.update(steps_to_threshold(traj, oracle_forget_prob))
+            if (model_dir / "trajectory_samples.parquet").exists():  # the comparison at equal forgetting
+                metrics.update(matched_metrics(traj, pd.read_parquet(model_dir / "trajectory_samples.parquet"),
+                                               oracle_forget_prob, oracle_samples))
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
         labels.update({k: params[k] for k in SEQUENTIAL_LABELS if params.get(k) is not None})

@@ -145,6 +145,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
         save_model(model, tokenizer, tmp)
         if trajectory is not None:
             trajectory.table().to_csv(tmp / "trajectory.csv", index=False)
+            trajectory.sample_table().to_parquet(tmp / "trajectory_samples.parquet", index=False)
             mlrun.log_artifact(tmp / "trajectory.csv")
         write_json(tmp / "forgetlab_stage.json", {**params, "start_model": str(target), "reference_model": str(reference),
                                                   "forget_examples": len(forget_rows)})
