@@ -17,7 +17,8 @@ from forgetlab import findings
 from forgetlab.recipes import report
 
 REGS, METHODS, SEEDS, SPLIT = ("none", "dropout", "none_aa"), ("npo", "grad_ascent", "grad_diff"), (0, 1, 2), "forget10"
-COLLAPSED_RUN = ("dropout", "grad_diff", 2)  # forget and retain prob below its oracle's
+COLLAPSED_RUN = ("dropout", "grad_diff", 2)  # forget and retain prob below its oracle's forget prob (0.2)
+DAMAGED_RUN = ("dropout", "grad_diff", 1)  # retain prob below the oracle's retain prob but not its forget prob
 
 
 def metrics_of(model, reg, method, seed, aa_shift):
@@ -28,7 +29,7 @@ def metrics_of(model, reg, method, seed, aa_shift):
     jitter = aa_shift * (-1) ** k * (k + 1) if reg == "none_aa" else 0.0
     out = {"forget_quality": 10.0 ** -(4 + m + seed - (1.0 + 0.1 * k if better else 0.0) + jitter),
            "model_utility": 0.4 + 0.01 * m + (0.02 + 0.001 * k if better else 0.0) + jitter / 10,
-           "forget_prob": 0.1, "retain_prob": 0.5 if (reg, method, seed) == COLLAPSED_RUN else 0.7,
+           "forget_prob": 0.1, "retain_prob": {COLLAPSED_RUN: 0.15, DAMAGED_RUN: 0.5}.get((reg, method, seed), 0.7),
            "matched_forget_quality": 10.0 ** -(2 + seed + (0.1 * k if better else 0.0)),
            "matched_utility_retain_lik": 0.3 + 0.01 * seed + (0.001 * (-1) ** k if better else 0.0)}
     return out

@@ -6,7 +6,7 @@ trajectory.csv directly); a directory without a trajectory.csv (unlearn.eval_eve
 Tables (CSV, and parquet where noted):
   summary      one row per model, one column per metric (parquet too); each step of a sequential
                run is a model of its own (`model` sequential, `sequential_step` j of `sequential_chunks`);
-               `collapsed` flags an unlearned model with forget and retain prob below its oracle's
+               `collapsed` flags an unlearned model with forget and retain prob below its oracle's forget prob
   stats        mean and 95% bootstrap CI over seeds per (regularizer, method, split, metric) (parquet too);
                `method` is the unlearning method, or `target`/`oracle` for the fine-tuned models
   paired_tests each regularizer against `none` on forget_quality (log10; pairs with a collapsed model
@@ -48,7 +48,7 @@ BASELINE = "none"
 # metric -> the scale it is tested on; the matched ones only where the trajectories recorded them
 TESTED = {"forget_quality": "log10", "model_utility": "identity", "matched_forget_quality": "log10",
           "matched_utility_retain_lik": "identity"}
-COLLAPSED = "collapsed"  # forget and retain prob both below the oracle's (flag_collapsed)
+COLLAPSED = "collapsed"  # forget and retain prob both below the oracle's forget prob (flag_collapsed)
 EXCLUDE_COLLAPSED = {"forget_quality": COLLAPSED}  # no collapsed model counts as a good forgetter
 
 OUTPUTS = ("summary.parquet", "summary.csv", "stats.parquet", "stats.csv", "paired_tests.parquet",
@@ -77,20 +77,24 @@ def summarize(metric_files: list[Path]) -> pd.DataFrame:
 
 def flag_collapsed(summary: pd.DataFrame) -> pd.DataFrame:
     """Add `collapsed`: 1.0 for an unlearned model (or sequential step) whose forget_prob and
-    retain_prob are both below those of its oracle (same regularizer, seed and split), else 0.0;
-    NaN for the pretrained, target and oracle models, and where a value is missing."""
+    retain_prob are both below its oracle's forget_prob (same regularizer, seed and split), else
+    0.0; NaN for the pretrained, target and oracle models, and where a value is missing.
+
+    The oracle's forget_prob is the level of a fact a model never saw: a model that puts its retain
+    answers below it has lost what it should keep, not just what it should forget. (Every unlearning
+    run of the default model lowers retain_prob below the oracle's retain_prob, so that reading of
+    "below the oracle's" would flag nearly every run; benchmarks/results/unlearn_lr_sweep.json.)"""
     out = summary.copy()
     out[COLLAPSED] = np.nan
     if not {"forget_prob", "retain_prob"} <= set(summary.columns):
         return out
     keys = ["regularizer", "seed", "split"]
-    oracle = summary.loc[summary["model"] == "oracle", keys + ["forget_prob", "retain_prob"]]
+    oracle = summary.loc[summary["model"] == "oracle", keys + ["forget_prob"]]
     unlearned = summary["model"].isin(["unlearned", SEQUENTIAL])
-    ref = summary.loc[unlearned, keys].merge(oracle, on=keys, how="left", suffixes=("", "_oracle"))
+    level = summary.loc[unlearned, keys].merge(oracle, on=keys, how="left")["forget_prob"].to_numpy(dtype=float)
     mine = summary.loc[unlearned, ["forget_prob", "retain_prob"]].to_numpy(dtype=float)
-    theirs = ref[["forget_prob", "retain_prob"]].to_numpy(dtype=float)
-    flag = np.where(np.isnan(mine).any(axis=1) | np.isnan(theirs).any(axis=1), np.nan,
-                    (mine < theirs).all(axis=1).astype(float))
+    flag = np.where(np.isnan(mine).any(axis=1) | np.isnan(level), np.nan,
+                    (mine < level[:, None]).all(axis=1).astype(float))
     out.loc[unlearned, COLLAPSED] = flag
     return out
 
