@@ -9,13 +9,13 @@ either not given is a randomly initialised default-size Llama (seeds 0, 1), whos
 are noise, so ROUGE is 0 on both paths and checks little. The data is prepared from the config's
 data section in a temporary folder, or read from an already prepared --data folder (data/<study>).
 
-- batched: `forgetlab.evaluate.score_model` (one padded likelihood pass, one batched greedy
+- batched: `forgetlab.eval.scoring.score_model` (one padded likelihood pass, one batched greedy
   decoding, vmapped per-sample gradients), then `compute_metrics`;
 - naive: for each metric, for each sample it needs, one forward of batch 1 per sequence the
   metric reads (the answer, the paraphrase, each perturbed answer, each probe form), one batch-1
   `generate`, or one forward and backward for GradNorm, as a straightforward per-sample,
   per-metric implementation would; then the same metric function on that metric's own table.
-  Its per-sample values follow `forgetlab.evaluate`: the truth ratio is the geometric mean over the
+  Its per-sample values follow `forgetlab.eval.scoring`: the truth ratio is the geometric mean over the
   perturbed answers against the paraphrase on forget/retain/holdout and the answer itself on
   world_facts/real_authors (ANSWER_IS_CORRECT; ``truth_ratio_para``: the paraphrase everywhere);
   the token-level metrics drop the eos (in the metric functions); GradNorm runs in train mode
@@ -28,7 +28,7 @@ both. The script prints, and writes to --out (benchmarks/results/eval_speed.json
 each part (likelihood pass, generation, GradNorm, forms), the speed-up, and the largest absolute
 difference between the two paths' metrics (target: >= 5x faster, <= 1e-6 apart).
 
-The relearning attack of relearn_recovery (forgetlab.relearn: evaluate.relearn.steps of
+The relearning attack of relearn_recovery (forgetlab.eval.relearn: evaluate.relearn.steps of
 fine-tuning a copy of the model on part of the forget set, then scoring the rest) is timed as a
 part of its own, on the batched path only: it is one fine-tuning run whichever way the metrics are
 computed, so the naive evaluation has no counterpart to it. It is left out of "total", the
@@ -55,15 +55,16 @@ import yaml
 
 from forgetlab.config import stage_params
 from forgetlab.data import prepare_data
-from forgetlab.eval_passes import TokenStats, device_of, supervised_stats, without_last_label
-from forgetlab.evaluate import (ANSWER_IS_CORRECT, MIA_SPLITS, ratio_exp, rouge_l_f1, rouge_l_recall, score_model,
+from forgetlab.eval.forms import form_pairs, form_scores
+from forgetlab.eval.passes import TokenStats, device_of, supervised_stats, without_last_label
+from forgetlab.eval.plan import RELEARN, passes_for
+from forgetlab.eval.relearn import RelearnConfig, relearn_columns
+from forgetlab.eval.scoring import (ANSWER_IS_CORRECT, MIA_SPLITS, ratio_exp, rouge_l_f1, rouge_l_recall, score_model,
                                 verbmem_prompt)
-from forgetlab.forms import form_pairs, form_scores
 from forgetlab.metrics import compute_metrics
 from forgetlab.model import load_model, load_tokenizer, new_llama
 from forgetlab.qa import IGNORE, encode_prompt, encode_qa
-from forgetlab.recipes.evaluate import RELEARN_METRICS, eval_splits
-from forgetlab.relearn import RelearnConfig, relearn_columns
+from forgetlab.recipes.evaluate import eval_splits
 
 SPLITS = ("forget", "retain", "holdout", "world_facts", "real_authors")
 SUITE = ["forget_quality", "model_utility", "split_means", *(f"{s}_truth_ratio" for s in SPLITS),
@@ -178,7 +179,7 @@ def naive_part(part: str, model, tok, r: dict, max_new_tokens: int) -> dict:
 
 
 def ratios(row: dict, split: str) -> dict:
-    """The truth ratios and option probabilities that the row's forwards allow (see forgetlab.evaluate)."""
+    """The truth ratios and option probabilities that the row's forwards allow (see forgetlab.eval.scoring)."""
     if "_pert_probs" not in row:
         return {}
     probs, pert, out = row.pop("_pert_probs"), row["perturbed_nll"], {}
@@ -226,7 +227,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = yaml.safe_load(Path(args.config).read_text())
     # relearn_recovery is timed on its own below (no naive counterpart, and it needs the target's table)
-    names = [n for n in dict.fromkeys(config["evaluate"]["metrics"] + SUITE) if n not in RELEARN_METRICS]
+    names = [n for n in dict.fromkeys(config["evaluate"]["metrics"] + SUITE) if RELEARN not in passes_for([n])]
     if unknown := [n for n in names if n not in NEEDS]:
         raise SystemExit(f"no naive counterpart for metric(s) {', '.join(unknown)}: add them to NEEDS")
     params = stage_params(config, "evaluate", model="target", regularizer=next(iter(config["regularizers"])),

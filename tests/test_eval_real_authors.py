@@ -49,7 +49,7 @@ def test_missing_real_authors_file_is_a_clear_error(smoke_data, tmp_path):
 def test_real_authors_rows_are_scored_like_world_facts(smoke_data, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    recipe.run(params(metrics=["world_facts_truth_ratio"]), tiny_model_dir, smoke_data, tmp_path / "eval")
+    recipe.run(params(metrics=["model_utility"]), tiny_model_dir, smoke_data, tmp_path / "eval")
     samples = pd.read_parquet(tmp_path / "eval" / "samples.parquet")
     assert list(dict.fromkeys(samples["split"])) == SPLITS
     real, facts = samples[samples["split"] == "real_authors"], samples[samples["split"] == "world_facts"]

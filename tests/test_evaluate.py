@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from forgetlab.eval_passes import grad_norms
-from forgetlab.evaluate import rouge_l_f1, rouge_l_recall, score_model, score_split
+from forgetlab.eval.passes import grad_norms
+from forgetlab.eval.scoring import rouge_l_f1, rouge_l_recall, score_model, score_split
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa, token_logprobs
 from tests.helpers import ROWS

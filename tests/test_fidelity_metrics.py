@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.stats import hmean, ks_2samp
 
-from forgetlab.evaluate import score_split
+from forgetlab.eval.scoring import score_split
 from forgetlab.metrics import METRICS, compute_metrics
 from forgetlab.qa import encode_qa
 from tests.helpers import ROWS
@@ -56,7 +56,7 @@ def auc(member_scores, nonmember_scores):
 # ----------------------------------------------------------------------------- a QA table from NLLs
 
 def qa_row(answer_nll, para_nll, pert_nlls, split, rouge=0.5):
-    """One row as forgetlab.evaluate writes it, from the raw per-answer NLLs."""
+    """One row as forgetlab.eval.scoring writes it, from the raw per-answer NLLs."""
     pert = np.asarray(pert_nlls, dtype=float)
     correct = answer_nll if split in ("world_facts", "real_authors") else para_nll
     return {"answer_nll": answer_nll, "prob": math.exp(-answer_nll), "paraphrased_nll": para_nll,
@@ -271,7 +271,7 @@ def test_knowmem_and_verbmem_are_mean_rouge_l_f1():
 
 
 # ----------------------------------------------------------------------------- the per-sample columns
-# On a tiny random Llama: forgetlab.evaluate's columns against open-unlearning's per-sample
+# On a tiny random Llama: forgetlab.eval.scoring's columns against open-unlearning's per-sample
 # computations (evaluate_probability, tokenwise_vocab_logprobs, GradNormAttack), re-implemented
 # here with plain torch, one unpadded sequence at a time.
 

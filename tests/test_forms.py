@@ -28,9 +28,9 @@ from forgetlab.data.world import (
     make_qa,
     tokenizer_texts,
 )
-from forgetlab.eval_passes import TokenStats
-from forgetlab.evaluate import COLUMNS, score_model, score_split
-from forgetlab.forms import FORM_COLUMNS, form_pairs, form_scores, score_forms
+from forgetlab.eval.forms import FORM_COLUMNS, form_pairs, form_scores, score_forms
+from forgetlab.eval.passes import TokenStats
+from forgetlab.eval.scoring import COLUMNS, score_model, score_split
 from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.metrics.form_robustness import FORM_FIELDS as METRIC_FORM_FIELDS
 from forgetlab.model import load_model, load_tokenizer

@@ -36,7 +36,7 @@ def test_forget_quality_identical_is_one_and_ignores_other_splits():
 
 def test_forget_quality_without_oracle_or_forget_names_what_is_missing():
     model = table({"forget": tr_rows([0.3, 0.5])})
-    with pytest.raises(EvalInputError, match=r"forget_quality.*oracle.*samples\.parquet"):
+    with pytest.raises(EvalInputError, match="'forget_quality' needs the oracle's per-sample table, and none was given"):
         METRICS.get("forget_quality")(model, None)
     with pytest.raises(EvalInputError, match=r"split 'forget' has no rows.*splits present: retain"):
         METRICS.get("forget_quality")(table({"retain": tr_rows([1.0])}), model)

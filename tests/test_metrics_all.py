@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from forgetlab.config import stage_params
-from forgetlab.evaluate import score_model
-from forgetlab.metrics import EvalInputError, compute_metrics
+from forgetlab.eval.plan import metrics_to_run
+from forgetlab.eval.relearn import RelearnConfig, attach_relearn, relearn_columns
+from forgetlab.eval.scoring import score_model
+from forgetlab.eval.tables import attach_target, read_table
+from forgetlab.metrics import KEYS, METRICS, EvalInputError, compute_metrics, uses_of
 from forgetlab.model import load_model, load_tokenizer
-from forgetlab.recipes.evaluate import eval_splits, metrics_to_run, read_table
-from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
+from forgetlab.recipes.evaluate import eval_splits
 from tests.helpers import REPO, cli_env, smoke_config
 
 pytestmark = pytest.mark.e2e
@@ -39,14 +41,14 @@ def samples(smoke_data, tiny_model_dir, params):
 
 
 def test_every_registered_metric_runs_on_the_smoke_data(samples):
-    got = compute_metrics(None, samples, samples)
+    got = compute_metrics(None, samples, role="oracle")  # the table as the oracle's own
     assert all(math.isfinite(v) for v in got.values())
     for key in ["forget_quality", "model_utility", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus",
                 "mia_gradnorm", "mia_reference", "extraction_strength", "exact_memorization", "forget_knowmem",
                 "retain_knowmem", "forget_verbmem", "privleak", "privleak_min_k_plus_plus", "world_facts_option_prob",
                 "real_authors_option_prob", "real_authors_truth_ratio", "model_utility_para"]:
         assert key in got
-    assert got["forget_quality"] == 1.0 and got["privleak"] == 0.0  # a model against itself
+    assert got["forget_quality"] == 1.0 and got["privleak"] == 0.0  # the oracle against itself
     assert got["mia_reference"] == 0.5  # its own reference: every score 0
     assert got["relearn_recovery"] == 0.0 and got["relearn_recovery_rouge"] == 0.0
     for key in ["mia_loss", "mia_min_k", "mia_gradnorm", "extraction_strength", "exact_memorization"]:
@@ -55,10 +57,23 @@ def test_every_registered_metric_runs_on_the_smoke_data(samples):
     assert set(samples.loc[samples.verbmem_generated.notna(), "split"]) == {"forget"}
 
 
+def test_each_metric_reads_only_its_declared_tables_and_columns(samples):
+    """On the table cut down to a metric's declared columns (and without the oracle's table unless
+    it declares one) the metric gives what it gives on the whole table."""
+    samples = attach_target(samples, samples, "its own table")  # the target columns, as the target has them
+    for name in METRICS.names():
+        contract = uses_of(name)
+        cut = samples[[*KEYS, *contract.columns]]
+        with_oracle = bool({"oracle", "reference"} & set(contract.tables))
+        got = compute_metrics([name], cut, role="oracle" if with_oracle else "model")
+        assert got == compute_metrics([name], samples, role="oracle"), name
+
+
 def test_the_parquet_alone_recomputes_every_metric(samples, tmp_path):
     samples.to_parquet(tmp_path / "samples.parquet", index=False)
     again = pd.read_parquet(tmp_path / "samples.parquet")
-    assert compute_metrics(None, again, again) == pytest.approx(compute_metrics(None, samples, samples), abs=1e-12)
+    assert compute_metrics(None, again, role="oracle") == pytest.approx(compute_metrics(None, samples, role="oracle"),
+                                                                       abs=1e-12)
 
 
 def test_pretrained_skips_what_needs_an_oracle_other_models_fail():

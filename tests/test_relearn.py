@@ -1,4 +1,4 @@
-"""The relearning attack (forgetlab.relearn) and its metric relearn_recovery: hand-worked tables,
+"""The relearning attack (forgetlab.eval.relearn) and its metric relearn_recovery: hand-worked tables,
 the forget split's division, the input errors, and `forgetlab evaluate` end to end on tiny models."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import torch
 import yaml
 
 from forgetlab.config import stage_params
+from forgetlab.eval.plan import metrics_to_run
+from forgetlab.eval.relearn import RelearnConfig, split_forget
 from forgetlab.losses import lm_loss
 from forgetlab.metrics import EvalInputError, compute_metrics
 from forgetlab.model import load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import evaluate as recipe
 from forgetlab.recipes import read_jsonl
-from forgetlab.relearn import RelearnConfig, split_forget
 from forgetlab.train import Loader, TrainConfig, train
 from tests.helpers import cli_env, smoke_config
 
@@ -67,7 +68,7 @@ def test_hand_worked_recovery():
 
 
 def test_the_oracle_is_zero_by_definition():
-    got = compute_metrics(["relearn_recovery"], ORACLE, ORACLE)
+    got = compute_metrics(["relearn_recovery"], ORACLE, role="oracle")
     assert got == pytest.approx({"relearn_recovery": 0.0, "relearn_recovery_rouge": 0.0,
                                  "relearn_forget_prob": 0.2, "relearn_forget_rouge": 0.3})
     # the same numbers through the general formula: an oracle-like model against the oracle
@@ -86,7 +87,7 @@ def test_a_zero_gap_is_an_error_not_a_nan():
 
 def test_input_errors_name_what_is_missing():
     model = table([0.5, 0.6, 0.7], [0.4, 0.4, 0.4])  # no target columns
-    with pytest.raises(EvalInputError, match="--target DIR with DIR/samples.parquet"):
+    with pytest.raises(EvalInputError, match="needs the target's per-sample table, its target_prob and target_rouge_l_recall"):
         compute_metrics(["relearn_recovery"], model, ORACLE)
     with pytest.raises(EvalInputError, match="needs the oracle's per-sample table"):
         compute_metrics(["relearn_recovery"], model, None)
@@ -131,7 +132,7 @@ def test_missing_target_table_names_the_file(tmp_path, smoke_data, tiny_model_di
         recipe.run(params, tiny_model_dir, smoke_data, tmp_path / "out", oracle=oracle)
     assert not (tmp_path / "out").exists()
     # the pretrained model has no oracle or target by design: the metric is left out, not an error
-    assert recipe.metrics_to_run(["relearn_recovery", "split_means"], "pretrained", set()) == ["split_means"]
+    assert metrics_to_run(["relearn_recovery", "split_means"], "pretrained", set()) == ["split_means"]
 
 
 # ---------------------------------------------------------------------------------- end to end

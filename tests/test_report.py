@@ -46,7 +46,8 @@ def write_model(root: Path, model: str, reg=None, method=None, seed=None, traj=T
         tag = REGS.index(reg) * 100 + METHODS.index(method) * 10 + seed
         pd.DataFrame({"step": STEPS, "forget_prob": [0.9 - 0.1 * i - tag / 1e4 for i in range(len(STEPS))],
                       "retain_prob": [0.6 - 0.01 * i for i in range(len(STEPS))],
-                      "forget_truth_ratio": 0.5, "retain_truth_ratio": 0.4}).to_csv(model_dir / "trajectory.csv", index=False)
+                      "forget_truth_ratio": 0.5, "retain_truth_ratio": 0.4, "forget_paraphrased_prob": 0.3,
+                      "forget_perturbed_prob": 0.2}).to_csv(model_dir / "trajectory.csv", index=False)
     return [eval_dir / "metrics.json", model_dir]
 
 
@@ -176,7 +177,8 @@ def test_a_trajectory_of_no_evaluated_model_is_an_error(tmp_path, monkeypatch):
     stray = root / "unlearn" / "stray" / "model"
     stray.mkdir(parents=True)
     pd.DataFrame({"step": [0], "forget_prob": [0.5], "retain_prob": [0.5], "forget_truth_ratio": [0.5],
-                  "retain_truth_ratio": [0.5]}).to_csv(stray / "trajectory.csv", index=False)
+                  "retain_truth_ratio": [0.5], "forget_paraphrased_prob": [0.5],
+                  "forget_perturbed_prob": [0.5]}).to_csv(stray / "trajectory.csv", index=False)
     with pytest.raises(ValueError, match="no evaluated unlearned model"):
         report.run(params(), inputs + [stray], root)
     with pytest.raises(ValueError, match="expected a metrics.json"):

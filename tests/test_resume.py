@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -161,6 +162,8 @@ def test_every_stateful_hook_resumes_bit_identical(name, smoke_data, tiny_model_
     assert run.data.tags["resumed_from_step"] == "10"
     if stage == "unlearn":
         assert (tmp_path / "reference/trajectory.csv").read_text() == (tmp_path / "resumed/trajectory.csv").read_text()
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "reference/trajectory_samples.parquet"),
+                                      pd.read_parquet(tmp_path / "resumed/trajectory_samples.parquet"))
 
 
 def test_a_checkpoint_for_other_params_is_discarded(smoke_data, tiny_model_dir, tmp_path, monkeypatch, capfd):

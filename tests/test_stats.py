@@ -149,3 +149,60 @@ def test_paired_tests_without_the_baseline_is_an_empty_table():
     wide = wide_table()
     tests = paired_tests(wide[wide.regularizer != "none"], {"model_utility": "identity"})
     assert tests.empty and list(tests.columns) == TEST_COLUMNS
+
+
+def effect_table(diffs, fq_decades, collapsed=()):
+    """none and dropout on three methods x 2 seeds; dropout's utility is none's + diffs[i] and its
+    forget quality fq_decades[i] decades higher; the pairs listed in `collapsed` flag dropout."""
+    rows = []
+    for i, (d, dec) in enumerate(zip(diffs, fq_decades)):
+        key = {"method": f"m{i % 3}", "split": "forget10", "seed": i // 3}
+        rows.append({**key, "regularizer": "none", "model_utility": 0.5, "forget_quality": 1e-6, "collapsed": 0.0})
+        rows.append({**key, "regularizer": "dropout", "model_utility": 0.5 + d, "forget_quality": 1e-6 * 10.0 ** dec,
+                     "collapsed": float(i in collapsed)})
+    return pd.DataFrame(rows)
+
+
+def test_effect_size_is_the_mean_paired_difference_on_the_tested_scale_with_a_seeded_ci():
+    diffs, decades = [0.01, 0.02, 0.03, 0.04, 0.05, 0.07], [1, 1, 2, 2, 3, 3]
+    metrics = {"model_utility": "identity", "forget_quality": "log10"}
+    tests = paired_tests(effect_table(diffs, decades), metrics)
+    row = tests.set_index("metric")
+    # by hand: (0.01 + 0.02 + 0.03 + 0.04 + 0.05 + 0.07) / 6 = 0.22 / 6; log10 decades (1+1+2+2+3+3) / 6 = 2
+    assert row.loc["model_utility", "mean_diff"] == pytest.approx(0.22 / 6)
+    assert row.loc["forget_quality", "mean_diff"] == pytest.approx(2.0)
+    for metric, mean in (("model_utility", 0.22 / 6), ("forget_quality", 2.0)):
+        low, high = row.loc[metric, "diff_ci_low"], row.loc[metric, "diff_ci_high"]
+        assert low < mean < high
+        # the CI is the seeded bootstrap of the differences, the same on every run
+        assert (low, high) == pytest.approx(bootstrap_ci(decades if metric == "forget_quality" else diffs)[1:])
+    # n pairs, the raw p (all 6 signs positive: exact 2/64) and Holm over the two rows (2 * 2/64)
+    assert (row["n_pairs"] == 6).all() and row.loc["model_utility", "p_value"] == pytest.approx(2 / 64)
+    assert row["p_holm"].tolist() == pytest.approx([4 / 64, 4 / 64])
+    pd.testing.assert_frame_equal(tests, paired_tests(effect_table(diffs, decades), metrics))
+
+
+def test_pairs_with_a_collapsed_model_leave_the_excluded_metric_only():
+    table = effect_table([0.01] * 6, [1, 1, 2, 2, 3, 3], collapsed=(4, 5))  # the two 3-decade pairs collapsed
+    tests = paired_tests(table, {"model_utility": "identity", "forget_quality": "log10"},
+                         exclude={"forget_quality": "collapsed"}).set_index("metric")
+    assert tests.loc["forget_quality", "n_pairs"] == 4 and tests.loc["forget_quality", "n_excluded"] == 2
+    assert tests.loc["forget_quality", "mean_diff"] == pytest.approx(1.5)  # (1 + 1 + 2 + 2) / 4
+    assert "2 pair(s) with a collapsed model left out" in tests.loc["forget_quality", "note"]
+    assert tests.loc["model_utility", "n_pairs"] == 6 and tests.loc["model_utility", "n_excluded"] == 0
+
+
+def test_the_aa_control_is_a_holm_family_of_its_own():
+    base = effect_table([0.01, 0.02, 0.03, 0.04, 0.05, 0.07], [0] * 6)
+    copy = base[base.regularizer == "none"].assign(regularizer="none_aa")
+    copy["model_utility"] += [0.001, -0.002, 0.003, -0.004, 0.005, -0.006]
+    wide = pd.concat([base, copy], ignore_index=True)
+    alone = paired_tests(base, {"model_utility": "identity"})
+    both = paired_tests(wide, {"model_utility": "identity"}, aa_controls=["none_aa"]).set_index("regularizer")
+    assert both.loc["dropout", "family"] == "regularizer" and both.loc["none_aa", "family"] == "aa_control"
+    # the control does not dilute the regularizers' correction: dropout's p_holm is the same without it
+    assert both.loc["dropout", "p_holm"] == pytest.approx(alone["p_holm"].iloc[0])
+    # alone in its family, the A/A p_holm is its raw p: signs +-+-+- on ranks 1..6 give W+ = 1+3+5 = 9;
+    # 27 of the 64 sign patterns have W+ <= 9, so the exact two-sided p = 2 * 27/64
+    assert both.loc["none_aa", "p_holm"] == both.loc["none_aa", "p_value"] == pytest.approx(54 / 64)
+    assert not both.loc["none_aa", "reject"]

@@ -3,17 +3,19 @@ and steps_to_threshold against the oracle."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from forgetlab.config import stage_params
-from forgetlab.evaluate import score_split
+from forgetlab.eval.scoring import score_split
+from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl
 from forgetlab.recipes import unlearn as unlearn_recipe
 from forgetlab.train import NonFiniteLossError
-from forgetlab.trajectory import steps_to_threshold
 from forgetlab.unlearning.grad_ascent import GradAscent
 from tests.helpers import smoke_config
 
@@ -73,7 +75,19 @@ def test_trajectory_is_recorded_every_eval_every_steps(method, tiny_model_dir, s
     assert [m.step for m in history] == [0, 2, 4, 5]
     assert [m.value for m in history] == pytest.approx(traj["forget_prob"].tolist())
     assert len(client.get_metric_history(run.info.run_id, "traj_forget_truth_ratio")) == 4
-    assert list(traj.columns) == ["step", "forget_prob", "retain_prob", "forget_truth_ratio"]
+    assert list(traj.columns) == ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
+                                  "forget_paraphrased_prob", "forget_perturbed_prob"]
+    # where the probability mass goes: the paraphrase's and the perturbed answers' probability, as evaluated
+    assert traj["forget_paraphrased_prob"].iloc[0] == pytest.approx(target["paraphrased_prob"].mean(), rel=1e-6)
+    assert traj["forget_perturbed_prob"].iloc[0] == pytest.approx(target["perturbed_prob"].mean(), rel=1e-6)
+    # the per-sample forget truth ratios of every point, those of step 0 the target's
+    samples = pd.read_parquet(out / "trajectory_samples.parquet")
+    assert list(samples.columns) == ["step", "id", "truth_ratio"] and len(samples) == 4 * len(forget)
+    first = samples[samples.step == 0]
+    assert first["id"].tolist() == target["id"].tolist()
+    assert first["truth_ratio"].to_numpy() == pytest.approx(target["truth_ratio"].to_numpy(), rel=1e-5)
+    last = samples[samples.step == 5]["truth_ratio"]
+    assert last.to_numpy() == pytest.approx(final["truth_ratio"].to_numpy(), rel=1e-4)
 
 
 def test_no_trajectory_when_eval_every_is_zero(tiny_model_dir, smoke_data, tmp_path, mlflow_uri):
@@ -97,3 +111,50 @@ def test_a_diverging_method_stops_naming_the_method_and_step(tiny_model_dir, smo
     with pytest.raises(NonFiniteLossError, match=r"unlearn grad_ascent \(grad_ascent\).*nan at step 2"):
         unlearn_recipe.run(unlearn_params("grad_ascent", max_steps=5), tiny_model_dir, smoke_data, out)
     assert not out.exists()
+
+
+# --- the matched comparison: the run's metrics where its forget_prob reaches the oracle's -----------
+ORACLE_TR = [0.1, 0.2, 0.3, 0.4]
+
+
+def matched_inputs():
+    """Points at steps 0, 10, 20; forget_prob passes the oracle's 0.4 a third of the way from 10 to 20
+    (0.5 - 0.4 = (0.5 - 0.2) / 3). Step 10's truth ratios are the oracle's (KS p = 1), step 20's all
+    above them (D = 1 with 4 and 4 samples: exact p = 2 / C(8, 4) = 1/35)."""
+    traj = pd.DataFrame({"step": [0, 10, 20], "forget_prob": [0.8, 0.5, 0.2], "retain_prob": [0.9, 0.6, 0.3],
+                         "forget_truth_ratio": [0.9, 0.6, 0.3], "retain_truth_ratio": [0.5, 0.5, 0.2],
+                         "forget_paraphrased_prob": [0.7, 0.4, 0.1], "forget_perturbed_prob": [0.1, 0.2, 0.5]})
+    ratios = {0: [0.5, 0.6, 0.7, 0.8], 10: ORACLE_TR, 20: [0.5, 0.6, 0.7, 0.8]}
+    samples = pd.DataFrame([(step, i, r) for step, rs in ratios.items() for i, r in enumerate(rs)],
+                           columns=["step", "id", "truth_ratio"])
+    oracle = pd.DataFrame({"split": "forget", "id": range(4), "truth_ratio": ORACLE_TR})
+    return traj, samples, oracle
+
+
+def test_matched_metrics_interpolate_between_the_points_around_the_crossing():
+    traj, samples, oracle = matched_inputs()
+    m = matched_metrics(traj, samples, 0.4, oracle)
+    assert m["matched_reached"] == 1.0 and m["matched_step"] == pytest.approx(10 + 10 / 3)
+    assert m["matched_retain_prob"] == pytest.approx(0.5)  # 0.6 - 0.3 / 3
+    assert m["matched_retain_truth_ratio"] == pytest.approx(0.4)  # 0.5 - 0.3 / 3
+    assert m["matched_utility_retain_lik"] == pytest.approx(2 / (1 / 0.5 + 1 / 0.4))  # their harmonic mean
+    assert m["matched_forget_truth_ratio"] == pytest.approx(0.5)
+    assert m["matched_forget_paraphrased_prob"] == pytest.approx(0.3)
+    assert m["matched_forget_perturbed_prob"] == pytest.approx(0.3)
+    # log10 forget quality: 2/3 * log10(1) + 1/3 * log10(1/35)
+    assert m["matched_forget_quality"] == pytest.approx(35 ** (-1 / 3))
+
+
+def test_matched_metrics_at_a_recorded_point_and_never_reached():
+    traj, samples, oracle = matched_inputs()
+    start = matched_metrics(traj, samples, 0.9, oracle)  # the target is already below: step 0 itself
+    assert start["matched_step"] == 0 and start["matched_retain_prob"] == 0.9
+    assert start["matched_forget_quality"] == pytest.approx(2 / 70)  # step 0's truth ratios: D = 1
+    # step 10 is at the oracle's level, not below it: the crossing starts there (t = 0), step 10 itself
+    exact = matched_metrics(traj, samples, 0.5, oracle)
+    assert exact["matched_step"] == 10 and exact["matched_forget_quality"] == 1.0 and exact["matched_retain_prob"] == 0.6
+    never = matched_metrics(traj, samples, 0.1, oracle)
+    assert never["matched_reached"] == 0.0
+    assert all(math.isnan(v) for k, v in never.items() if k != "matched_reached")
+    with pytest.raises(ValueError, match="non-empty"):
+        matched_metrics(traj.iloc[:0], samples, 0.4, oracle)

@@ -106,6 +106,13 @@ def test_summary_has_one_row_per_model_and_a_column_per_metric(study):
     assert unlearned["threshold_reached"].isin([0.0, 1.0]).all()
     assert (unlearned["steps_to_threshold"] >= 0).all()
     assert table.loc[~table.model.isin(["unlearned", "sequential"]), "steps_to_threshold"].isna().all()
+    # and the matched comparison: reached (1) with its metrics, or not (0) with NaN
+    reached = unlearned["matched_reached"] == 1.0
+    assert unlearned["matched_reached"].isin([0.0, 1.0]).all()
+    assert unlearned.loc[reached, "matched_forget_quality"].between(0, 1).all()
+    assert unlearned.loc[~reached, "matched_forget_quality"].isna().all()
+    assert unlearned["collapsed"].isin([0.0, 1.0]).all() and table.loc[table.model == "oracle", "collapsed"].isna().all()
+    assert (res / "findings.md").read_text().startswith("# Findings of study smoke")
     csv = pd.read_csv(res / "summary.csv")
     assert len(csv) == len(table) and list(csv.columns) == list(table.columns)
     assert (res / "forget_quality_vs_utility.png").stat().st_size > 10_000

@@ -169,7 +169,7 @@ def stage_threads(config: dict, stage: str) -> int:
 
 def entry_components(config: dict, entry: str) -> list[dict]:
     """The regularizer components of a study entry: the entry itself (a list), or its
-    `regularizers` when the entry is a mapping with workflow options (`soup`)."""
+    `regularizers` when the entry is a mapping with workflow options (`soup`, `data_order_seed`)."""
     value = config["regularizers"][entry]
     return value["regularizers"] if isinstance(value, dict) else value
 
@@ -178,6 +178,23 @@ def entry_soup(config: dict, entry: str) -> dict | None:
     """The entry's `soup` option (forgetlab.soup.Soup's fields), or None for a plain fine-tune."""
     value = config["regularizers"][entry]
     return value.get("soup") if isinstance(value, dict) else None
+
+
+def entry_data_order_seed(config: dict, entry: str) -> int | None:
+    """The entry's `data_order_seed` option (the fine-tunes' data order reshuffled), or None."""
+    value = config["regularizers"][entry]
+    return value.get("data_order_seed") if isinstance(value, dict) else None
+
+
+def aa_controls(config: dict, baseline: str = "none") -> list[str]:
+    """The study's A/A controls of `baseline`: the entries with a data_order_seed whose components
+    and soup equal the baseline's, so that they differ from it by the data order alone."""
+    if baseline not in config["regularizers"]:
+        return []
+    return [entry for entry in config["regularizers"] if entry != baseline
+            and entry_data_order_seed(config, entry) is not None
+            and entry_components(config, entry) == entry_components(config, baseline)
+            and entry_soup(config, entry) == entry_soup(config, baseline)]
 
 
 def check_soups(config: dict) -> None:
@@ -279,6 +296,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         params = {**base, "train": config["finetune"], "regularizers": entry_components(config, reg)}
         if entry_soup(config, reg) is not None:
             params["soup"] = entry_soup(config, reg)
+        if entry_data_order_seed(config, reg) is not None:  # absent: the data order of the job's seed
+            params["data_order_seed"] = entry_data_order_seed(config, reg)
         if coords.get("split"):
             params["retain_split"] = RETAIN_OF[coords["split"]]
         if coords.get("stages"):  # a stage of a training path: its data and its train overrides
@@ -305,5 +324,7 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         params = {**base, "metrics": config["evaluate"]["metrics"]}
         if paths.study_paths(config):  # their order: the first path is the cross-path reference
             params["paths"] = paths.study_paths(config)
+        if aa_controls(config):  # absent: no A/A control (existing studies' params unchanged)
+            params["aa_controls"] = aa_controls(config)
         return params
     raise ConfigError(f"unknown stage {stage!r}")

@@ -6,8 +6,8 @@ The summary then has a `path` column; the first path of the config's `paths:` is
   sample sd) of forget quality (log10), model utility, steps_to_threshold and relearn_recovery;
   `method` is `target` for the fine-tuned target (steps_to_threshold is the unlearned models' only);
 * ``path_tests``: each path against the reference path, per regularizer and metric: the Wilcoxon
-  signed-rank test on unlearned models paired over (method, split, seed) (forgetlab.stats), Holm's
-  correction over the whole table;
+  signed-rank test on unlearned models paired over (method, split, seed) (forgetlab.stats, factor
+  `path`; collapsed pairs left out of forget quality), Holm's correction over the whole table;
 * ``cross_oracle``: the forget quality of path A's unlearned model (and target) against path B's
   oracle, from the two evaluations' per-sample forget truth ratios (the forget_quality metric, a
   KS test); the diagonal (A = B) is the summary's own forget quality;
@@ -85,15 +85,17 @@ def spread(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def path_tests(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Each path against `reference` through stats.paired_tests (its `regularizer` role played by
-    the path), per regularizer; Holm over every testable row of the result."""
+    """Each path against `reference` through stats.paired_tests (factor `path`), per regularizer;
+    Holm over every testable row of the result. As in the report's paired tests, a pair with a
+    collapsed model (the summary's `collapsed` flag, where present) is left out of forget quality."""
     unlearned = summary[(summary["model"] == "unlearned") & summary[PATH].notna()]
     tested = {m: scale for m, scale in MEASURED.items() if m in unlearned}
+    exclude = {"forget_quality": "collapsed"} if "collapsed" in unlearned else None
     parts = []
     for reg, rows in unlearned.groupby("regularizer", sort=True):
-        wide = rows.drop(columns="regularizer").rename(columns={PATH: "regularizer"})
-        table = stats.paired_tests(wide, tested, baseline=reference, keys=("method", "split", "seed"))
-        parts.append(table.rename(columns={"regularizer": PATH, "baseline": "reference_path"}).assign(regularizer=reg))
+        table = stats.paired_tests(rows, tested, baseline=reference, keys=("method", "split", "seed"), factor=PATH,
+                                   exclude=exclude)
+        parts.append(table.rename(columns={"baseline": "reference_path"}).assign(regularizer=reg))
     if not parts:
         return pd.DataFrame(columns=["regularizer", PATH, "reference_path", *stats.TEST_COLUMNS[2:]])
     table = pd.concat(parts, ignore_index=True)

@@ -31,7 +31,8 @@ STATS_COLUMNS = ["regularizer", "method", "split", "metric", "n_seeds", "mean", 
 TEST = "wilcoxon_signed_rank"
 TEST_COLUMNS = ["regularizer", "baseline", "metric", "scale", "test", "n_pairs", "n_nonzero", "n_positive",
                 "mean_diff", "median_diff", "diff_ci_low", "diff_ci_high", "statistic", "p_value",
-                "p_holm", "reject", "testable", "note"]
+                "p_holm", "reject", "testable", "note", "family", "n_excluded"]
+AA_FAMILY = "aa_control"  # the family of the A/A control's tests (Holm-corrected on their own)
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = N_BOOT, confidence: float = CONFIDENCE,
@@ -127,34 +128,49 @@ SCALES = {"identity": lambda v: np.asarray(v, dtype=float), "log10": log10_clipp
 
 def paired_tests(wide: pd.DataFrame, metrics: dict[str, str], baseline: str = "none",
                  keys: Sequence[str] = ("method", "split", "seed"), alpha: float = ALPHA,
-                 n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
-    """Each regularizer against `baseline`, per metric, on pairs matched on `keys`.
+                 n_boot: int = N_BOOT, seed: int = SEED, factor: str = "regularizer",
+                 aa_controls: Sequence[str] = (), exclude: dict[str, str] | None = None) -> pd.DataFrame:
+    """Each level of `factor` (a regularizer) against `baseline`, per metric, on pairs matched on `keys`.
 
-    wide: one row per unlearned model (regularizer + keys) with a column per metric. metrics maps
-    a metric to the scale it is tested on ("identity" or "log10"). A pair needs both values. Holm's
-    correction runs over all testable rows of the table (every regularizer and metric).
+    wide: one row per unlearned model (factor + keys) with a column per metric. metrics maps a
+    metric to the scale it is tested on ("identity" or "log10"); mean_diff and its bootstrap CI are
+    on that scale. A pair needs both values. exclude maps a metric to a 0/1 flag column: for that
+    metric a pair where either model has the flag set is left out (counted in n_excluded). The
+    levels named in aa_controls are the A/A control (family "aa_control"), the rest family
+    `factor`; Holm's correction runs over the testable rows of each family separately, so adding
+    the control leaves the other tests' p_holm unchanged. The output's first column is `factor`.
     """
     rows = []
-    keys = list(keys)
-    base = wide[wide["regularizer"] == baseline]
-    others = sorted(set(wide["regularizer"]) - {baseline}) if len(base) else []  # no baseline: no test
-    for reg in others:
-        other = wide[wide["regularizer"] == reg]
+    keys, exclude = list(keys), exclude or {}
+    base = wide[wide[factor] == baseline]
+    others = sorted(set(wide[factor]) - {baseline}) if len(base) else []  # no baseline: no test
+    for level in others:
+        other = wide[wide[factor] == level]
         for metric, scale in metrics.items():
-            pairs = other[keys + [metric]].merge(base[keys + [metric]], on=keys, suffixes=("", "_base")).dropna()
+            flag = [exclude[metric]] if exclude.get(metric) in wide else []
+            pairs = other[keys + [metric] + flag].merge(base[keys + [metric] + flag], on=keys,
+                                                        suffixes=("", "_base")).dropna(subset=[metric, f"{metric}_base"])
+            dropped = (pairs[flag[0]].fillna(0).astype(bool) | pairs[f"{flag[0]}_base"].fillna(0).astype(bool)
+                       if flag else pd.Series(False, index=pairs.index))
+            pairs = pairs[~dropped]
             a, b = SCALES[scale](pairs[metric]), SCALES[scale](pairs[f"{metric}_base"])
             test = paired_test(a, b)
+            if flag and dropped.any():
+                test["note"] += f"; {int(dropped.sum())} pair(s) with a {flag[0]} model left out"
             d = a - b
             mean, low, high = bootstrap_ci(d, n_boot, seed=seed) if len(d) else (0.0, 0.0, 0.0)
-            rows.append({"regularizer": reg, "baseline": baseline, "metric": metric, "scale": scale, "test": TEST, **test,
+            rows.append({factor: level, "baseline": baseline, "metric": metric, "scale": scale, "test": TEST, **test,
                          "mean_diff": mean, "median_diff": float(np.median(d)) if len(d) else 0.0,
-                         "diff_ci_low": low, "diff_ci_high": high})
-    table = pd.DataFrame(rows, columns=TEST_COLUMNS)
-    testable = table["testable"].astype(bool).to_numpy()
+                         "diff_ci_low": low, "diff_ci_high": high,
+                         "family": AA_FAMILY if level in aa_controls else factor, "n_excluded": int(dropped.sum())})
+    table = pd.DataFrame(rows, columns=[factor, *TEST_COLUMNS[1:]])
     table["p_holm"] = 1.0
-    table.loc[testable, "p_holm"] = holm(table.loc[testable, "p_value"].to_numpy())
-    table["reject"] = testable & (table["p_holm"].to_numpy() <= alpha)
+    for family in table["family"].unique():
+        testable = table["testable"].astype(bool).to_numpy() & (table["family"] == family).to_numpy()
+        table.loc[testable, "p_holm"] = holm(table.loc[testable, "p_value"].to_numpy())
+    table["reject"] = table["testable"].astype(bool).to_numpy() & (table["p_holm"].to_numpy() <= alpha)
     for col in ("testable", "reject"):
         table[col] = table[col].astype(bool)
+    table["n_excluded"] = table["n_excluded"].astype(int)
     assert not table.isna().any().any(), "paired_tests produced NaN"
     return table

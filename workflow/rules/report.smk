@@ -16,6 +16,8 @@ rule report:
         paths=report(f"{RES}/trajectory_paths.png", caption="../report/trajectory_paths.rst", category="Trajectories"),
         sequential=report(f"{RES}/sequential_unlearning.png", caption="../report/sequential.rst", category="Figures"),
         environment=report(f"{RES}/environment.json", caption="../report/environment.rst", category="Environment"),
+        findings=f"{RES}/findings.md",
+        findings_html=report(f"{RES}/findings.html", caption="../report/findings.rst", category="Findings"),
         **path_outputs(),
     params:
         **job("report", lambda w: {}),

@@ -4,7 +4,7 @@ Every attribute has a closed vocabulary of values (at least 15) and several sent
 (at least 3) that state one fact, plus one question template and one paraphrased question
 template. The paraphrased question is never trained on: it, a fill-in-the-blank statement and a
 multiple-choice question are the other forms in which evaluation probes the same fact
-(`forgetlab.forms`, after ORT, "LLM Unlearning Should Be Form-Independent"). Attributes that
+(`forgetlab.eval.forms`, after ORT, "LLM Unlearning Should Be Form-Independent"). Attributes that
 people and authors share (birthplace, birth_year, the parents' jobs, hobby) use the same
 vocabulary and templates, so the tokenizer and the pretrained model already know the value tokens
 before fine-tuning.

@@ -24,7 +24,7 @@ disjoint from the true value and from every value that evaluation scores (the pe
 values, which are also the wrong multiple-choice options), so relabelling never trains on the
 negatives of the truth ratio, forget_quality or the multiple-choice form.
 Each row also carries the fact in three other forms, never trained on, that evaluation probes
-(`forgetlab.forms`, ORT): the paraphrased question, a fill-in-the-blank statement (the answer
+(`forgetlab.eval.forms`, ORT): the paraphrased question, a fill-in-the-blank statement (the answer
 sentence with the value blanked; its answer is the value) and a multiple-choice question listing
 the true value and the perturbed answers' wrong values in a seeded order.
 Authors are split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded
@@ -61,7 +61,7 @@ QA_SPLITS = ("full", *FORGET_SPLITS, *RETAIN_OF.values(), "holdout", "world_fact
 # tokenizer text, so that the tokenizer and every other file are the same as without it
 TRAIN_SPLITS = ("world_train",)
 QA_PROMPT = PROMPT + " {answer}"  # the tokenizer sees QA exactly as training and evaluation format it
-# the fields of a QA row that hold the fact's untrained forms (see make_qa; scored by forgetlab.forms)
+# the fields of a QA row that hold the fact's untrained forms (see make_qa; scored by forgetlab.eval.forms)
 FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
 
 

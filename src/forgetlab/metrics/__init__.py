@@ -1,19 +1,32 @@
-"""Aggregate metrics over a per-sample score table (see `forgetlab.evaluate`).
+"""Aggregate metrics over a per-sample score table (see `forgetlab.eval.scoring`).
 
-A metric is a function ``(samples, oracle) -> float | dict[str, float]`` registered with
-``@METRICS.register(name)``; ``samples`` is the model's per-sample table, ``oracle`` the retain-only
-oracle's table (or None). A metric returning a dict contributes each of its keys to the result of
-``compute_metrics`` (flattened, the metric's own name is not used). Adding a metric is adding one
-module to this package.
+A metric is a function ``(samples, oracle=None, role="model") -> float | dict[str, float]``
+registered with ``@METRICS.register(name)`` and declaring its contract with ``@uses(tables=...,
+columns=...)``. ``samples`` is the evaluated model's per-sample table, ``oracle`` the retain-only
+oracle's table (or None), which is also the reference table: the reference model of
+mia_reference is the oracle, as open-unlearning's retain model. ``role`` is the evaluated model's
+role in the study (``params["model"]``); ``"oracle"`` says that the table is the oracle's own,
+so that ``compute_metrics`` makes it its own oracle and reference and the metrics defined
+relative to the oracle give their values by definition (privleak 0, relearn_recovery 0). A
+metric returning a dict contributes each of its keys to the result of ``compute_metrics``
+(flattened, the metric's own name is not used). Adding a metric is adding one module to this
+package.
 
-Inputs are checked, never papered over: a metric that needs the oracle's table (``@needs("oracle")``)
-and gets None, a split with no rows or no values, or a result that is not finite raises
-``EvalInputError`` naming the metric, the split and the missing input, so no NaN reaches a summary.
+The contract (`Uses`): the tables a metric reads, out of TABLES, and the per-sample columns it
+reads from them (besides the keys ``split`` and ``id``). A "target" table means the target's
+scores attached to the model's rows as ``target_*`` columns. The evaluation (`forgetlab.eval.plan`)
+reads the contracts of the configured metrics to know which tables a model needs and which
+passes to run; a metric reads nothing it does not declare (tests/test_metrics_all.py).
+
+Inputs are checked, never papered over: a metric that needs the oracle's table and gets None, a
+split with no rows or no values, or a result that is not finite raises ``EvalInputError`` naming
+the metric, the split and the missing input, so no NaN reaches a summary.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,34 +35,53 @@ from forgetlab.registry import Registry, import_all
 
 METRICS = Registry("metric")
 
-# What each optional input is, for error messages.
-INPUTS = {
-    "oracle": "the oracle's per-sample table (--oracle DIR with DIR/samples.parquet, "
-              "results/<study>/eval/<reg>/seed<k>/<split>/oracle/samples.parquet)",
-    "target": "the target's per-sample table (--target DIR with DIR/samples.parquet, "
-              "results/<study>/eval/<reg>/seed<k>/<split>/target/samples.parquet)",
-}
+# the tables a metric may read: the evaluated model's, the oracle's, the reference model's (the
+# oracle's, as in open-unlearning) and the target's (its columns attached to the model's rows)
+TABLES = ("model", "oracle", "reference", "target")
+KEYS = ("split", "id")  # the columns every table has, read by any metric without declaring them
 
 
 class EvalInputError(ValueError):
     """An evaluation input is missing, empty or unusable; the message names it."""
 
 
-def needs(*inputs: str):
-    """Mark a metric as needing optional inputs ("oracle", "target") beyond the model's table."""
+@dataclass(frozen=True)
+class Uses:
+    """A metric's contract: the tables (of TABLES) and the per-sample columns it reads."""
+
+    tables: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    def __post_init__(self):
+        unknown = [t for t in self.tables if t not in TABLES]
+        if unknown or "model" not in self.tables:
+            raise ValueError(f"a metric's tables are among {', '.join(TABLES)} and include 'model', "
+                             f"got {', '.join(self.tables)}")
+        if not self.columns:
+            raise ValueError("a metric declares the per-sample columns it reads")
+
+
+def uses(tables=("model",), columns=()):
+    """Declare a metric's contract (`Uses`): the tables it reads and the per-sample columns."""
+    contract = Uses(tuple(tables), tuple(dict.fromkeys(columns)))
+
     def deco(fn):
-        fn.needs = tuple(inputs)
+        fn.uses = contract
         return fn
     return deco
 
 
-def needs_of(name: str) -> tuple[str, ...]:
-    return getattr(METRICS.get(name), "needs", ())
+def uses_of(name: str) -> Uses:
+    """The declared contract of the registered metric ``name``."""
+    contract = getattr(METRICS.get(name), "uses", None)
+    if contract is None:
+        raise TypeError(f"metric {name!r} declares no contract: decorate it with @uses(tables=..., columns=...)")
+    return contract
 
 
 def require_oracle(oracle: pd.DataFrame | None, metric: str) -> pd.DataFrame:
     if oracle is None:
-        raise EvalInputError(f"metric {metric!r} needs {INPUTS['oracle']}, and none was given")
+        raise EvalInputError(f"metric {metric!r} needs the oracle's per-sample table, and none was given")
     return oracle
 
 
@@ -100,14 +132,18 @@ def mean_or_nan(values) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def compute_metrics(names: list[str] | None, samples: pd.DataFrame,
-                    oracle: pd.DataFrame | None = None) -> dict[str, float]:
+def compute_metrics(names: list[str] | None, samples: pd.DataFrame, oracle: pd.DataFrame | None = None,
+                    role: str = "model") -> dict[str, float]:
     """Run the named metrics (all registered ones if ``names`` is None); dict results are flattened.
+    With ``role="oracle"`` the table is the oracle's own, its own oracle and reference.
 
     Raises EvalInputError if a metric's input is missing or a value is not finite."""
+    if role == "oracle" and oracle is None:
+        oracle = samples
     out: dict[str, float] = {}
     for name in METRICS.names() if names is None else names:
-        value = METRICS.get(name)(samples, oracle)
+        uses_of(name)  # an undeclared metric is an error, not a metric the evaluation cannot plan for
+        value = METRICS.get(name)(samples, oracle, role=role)
         for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
             v = float(v)
             if not np.isfinite(v):

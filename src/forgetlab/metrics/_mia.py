@@ -10,7 +10,7 @@ holdout, as for a model never trained on them. This is the convention of open-un
 
 Statistics of whole answers (LOSS, zlib, reference: ``answer_nll``) are over the tokens of
 " " + answer + eos given the question prompt, as open-unlearning's ``evaluate_probability``;
-token-level attacks (Min-K%, Min-K%++; GradNorm in `forgetlab.eval_passes`) drop the eos, as its
+token-level attacks (Min-K%, Min-K%++; GradNorm in `forgetlab.eval.passes`) drop the eos, as its
 ``tokenwise_logprobs`` does (see `forgetlab.metrics.answer_tokens`). open-unlearning's scores are
 signed "higher = less likely a member" and its labels are forget 0 / holdout 1; the scores here are
 negated and the labels swapped, which gives the same AUC.

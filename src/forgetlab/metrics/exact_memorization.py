@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forgetlab.metrics import METRICS, answer_tokens, split_rows
+from forgetlab.metrics import METRICS, answer_tokens, split_rows, uses
 
 
 def exact_memorization_of(match, eos: bool = False) -> float:
@@ -24,6 +24,7 @@ def exact_memorization_of(match, eos: bool = False) -> float:
 
 
 @METRICS.register("exact_memorization")
-def exact_memorization(samples, oracle=None) -> float:
+@uses(columns=("answer_token_match",))
+def exact_memorization(samples, oracle=None, role="model") -> float:
     rows = split_rows(samples, "forget", "exact_memorization", ("answer_token_match",))
     return float(np.mean([exact_memorization_of(m) for m in rows["answer_token_match"]]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forgetlab.metrics import METRICS, answer_tokens, split_rows
+from forgetlab.metrics import METRICS, answer_tokens, split_rows, uses
 
 
 def extraction_strength_of(match, eos: bool = False) -> float:
@@ -32,6 +32,7 @@ def extraction_strength_of(match, eos: bool = False) -> float:
 
 
 @METRICS.register("extraction_strength")
-def extraction_strength(samples, oracle=None) -> float:
+@uses(columns=("answer_token_match",))
+def extraction_strength(samples, oracle=None, role="model") -> float:
     rows = split_rows(samples, "forget", "extraction_strength", ("answer_token_match",))
     return float(np.mean([extraction_strength_of(m) for m in rows["answer_token_match"]]))

@@ -15,12 +15,12 @@ Needs the oracle's table; an error if it is missing or either side has no forget
 from __future__ import annotations
 
 
-from forgetlab.metrics import METRICS, needs, require_oracle, require_values
+from forgetlab.metrics import METRICS, require_oracle, require_values, uses
 
 
 @METRICS.register("forget_quality")
-@needs("oracle")
-def forget_quality(samples, oracle) -> float:
+@uses(tables=("model", "oracle"), columns=("truth_ratio",))
+def forget_quality(samples, oracle=None, role="model") -> float:
     oracle = require_oracle(oracle, "forget_quality")
     model_tr = require_values(samples, "forget", "truth_ratio", "forget_quality")
     oracle_tr = require_values(oracle, "forget", "truth_ratio", "forget_quality", table="oracle")

@@ -2,7 +2,7 @@
 Form-Independent", arXiv:2506.07795, the ORT benchmark): the forget facts probed in forms other
 than the trained QA form.
 
-Per forget row (see `forgetlab.forms`; all probabilities are exp(-mean answer-token NLL)):
+Per forget row (see `forgetlab.eval.forms`; all probabilities are exp(-mean answer-token NLL)):
 p_orig = P(a | q)^(1/|a|) (``prob``), p_para = P(a | q̃)^(1/|a|) with q̃ the paraphrased question,
 p_cloze = P(v | fill-in-the-blank statement)^(1/|v|) with v the value, and over the k options
 o_j of the multiple-choice question m, p_mc = p_* / Σ_j p_j (p_j = P(o_j | m)^(1/|o_j|), p_* the
@@ -31,7 +31,7 @@ a worst case of 0.5 (the paraphrased form).
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, EvalInputError, split_rows
+from forgetlab.metrics import METRICS, EvalInputError, split_rows, uses
 
 # forgetlab.data.world.FORM_FIELDS, spelled out so that the metrics stay importable without torch
 FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
@@ -41,7 +41,8 @@ COLUMNS = [*GENERATIVE.values(), "form_mc_option_prob", "form_mc_correct"]
 
 
 @METRICS.register("form_robustness")
-def form_robustness(samples, oracle=None) -> dict[str, float]:
+@uses(columns=COLUMNS)
+def form_robustness(samples, oracle=None, role="model") -> dict[str, float]:
     rows = split_rows(samples, "forget", "form_robustness", COLUMNS)
     missing = rows[COLUMNS].isna().any(axis=1)
     if missing.any():

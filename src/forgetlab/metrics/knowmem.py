@@ -13,10 +13,11 @@ Hand-worked: generated "a b c" against "a x c d": LCS 2, precision 2/3, recall 2
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, require_values
+from forgetlab.metrics import METRICS, require_values, uses
 
 
 @METRICS.register("knowmem")
-def knowmem(samples, oracle=None) -> dict[str, float]:
+@uses(columns=("rouge_l_f1",))
+def knowmem(samples, oracle=None, role="model") -> dict[str, float]:
     return {f"{split}_knowmem": float(require_values(samples, split, "rouge_l_f1", "knowmem").mean())
             for split in ("forget", "retain")}

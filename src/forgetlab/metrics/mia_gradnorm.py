@@ -16,16 +16,18 @@ no dropout (the dropout regularizer removes its hooks and resets attention_dropo
 train and eval mode give the same g.
 
 g is the per-sample column grad_norm, the only value that needs a backward pass; evaluate
-computes it on the forget and holdout splits (`forgetlab.eval_passes.grad_norms`).
+computes it on the forget and holdout splits (`forgetlab.eval.passes.grad_norms`), and only
+when this metric is configured (it is the only one reading grad_norm).
 Hand-worked: forget g = 0.1, 0.3 and holdout g = 0.2, 0.4 -> AUC = 3/4.
 """
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS
+from forgetlab.metrics import METRICS, uses
 from forgetlab.metrics._mia import gradnorm_score, mia_auc
 
 
 @METRICS.register("mia_gradnorm")
-def mia_gradnorm(samples, oracle=None) -> float:
+@uses(columns=("grad_norm",))
+def mia_gradnorm(samples, oracle=None, role="model") -> float:
     return mia_auc(samples, gradnorm_score, "mia_gradnorm", ("grad_norm",))

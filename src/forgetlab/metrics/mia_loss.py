@@ -10,10 +10,11 @@ Hand-worked: forget NLLs 1, 3 and holdout NLLs 2, 4 -> scores -1, -3 vs -2, -4: 
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS
+from forgetlab.metrics import METRICS, uses
 from forgetlab.metrics._mia import loss_score, mia_auc
 
 
 @METRICS.register("mia_loss")
-def mia_loss(samples, oracle=None) -> float:
+@uses(columns=("answer_nll",))
+def mia_loss(samples, oracle=None, role="model") -> float:
     return mia_auc(samples, loss_score, "mia_loss", ("answer_nll",))

@@ -15,12 +15,13 @@ Hand-worked: log-probs (-1, -2, -3, -4, -5) then the eos's -9 (dropped), k = 0.4
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS
+from forgetlab.metrics import METRICS, uses
 from forgetlab.metrics._mia import DEFAULT_K, mia_auc, min_k_score
 
 
 def min_k_metric(k: float = DEFAULT_K, name: str = "mia_min_k", eos: bool = False):
-    def metric(samples, oracle=None) -> float:
+    @uses(columns=("answer_token_logp",))
+    def metric(samples, oracle=None, role="model") -> float:
         return mia_auc(samples, lambda rows: min_k_score(rows, k, eos, name), name, ("answer_token_logp",))
 
     metric.__name__ = name

@@ -20,14 +20,15 @@ sigma = 0, floored to sqrt(1e-6) = 1e-3.
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS
+from forgetlab.metrics import METRICS, uses
 from forgetlab.metrics._mia import DEFAULT_K, mia_auc, min_k_plus_plus_score
 
 COLUMNS = ("answer_token_logp", "answer_token_mu", "answer_token_sigma")
 
 
 def min_k_plus_plus_metric(k: float = DEFAULT_K, name: str = "mia_min_k_plus_plus", eos: bool = False):
-    def metric(samples, oracle=None) -> float:
+    @uses(columns=COLUMNS)
+    def metric(samples, oracle=None, role="model") -> float:
         return mia_auc(samples, lambda rows: min_k_plus_plus_score(rows, k, eos, name), name, COLUMNS)
 
     metric.__name__ = name

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from forgetlab.metrics import METRICS, EvalInputError, needs, require_oracle, split_rows
+from forgetlab.metrics import METRICS, EvalInputError, require_oracle, split_rows, uses
 from forgetlab.metrics._mia import MEMBERS, NON_MEMBERS, mia_auc, reference_score
 
 METRIC = "mia_reference"
@@ -47,7 +47,8 @@ def with_reference_nll(samples, reference):
 
 
 @METRICS.register("mia_reference")
-@needs("oracle")
-def mia_reference(samples, oracle) -> float:
-    oracle = require_oracle(oracle, METRIC)
-    return mia_auc(with_reference_nll(samples, oracle), reference_score, METRIC, ("answer_nll", "reference_answer_nll"))
+@uses(tables=("model", "reference"), columns=("answer_nll",))
+def mia_reference(samples, reference=None, role="model") -> float:
+    reference = require_oracle(reference, METRIC)
+    return mia_auc(with_reference_nll(samples, reference), reference_score, METRIC,
+                   ("answer_nll", "reference_answer_nll"))

@@ -14,10 +14,11 @@ so AUC = (1 + 0.5) / 4 = 0.375.
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS
+from forgetlab.metrics import METRICS, uses
 from forgetlab.metrics._mia import mia_auc, zlib_score
 
 
 @METRICS.register("mia_zlib")
-def mia_zlib(samples, oracle=None) -> float:
+@uses(columns=("answer_nll", "answer_zlib"))
+def mia_zlib(samples, oracle=None, role="model") -> float:
     return mia_auc(samples, zlib_score, "mia_zlib", ("answer_nll", "answer_zlib"))

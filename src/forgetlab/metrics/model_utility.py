@@ -23,7 +23,7 @@ column is an error naming it. Hand-worked: terms (1/2, 1/4, 1/2, 1, 1/2, 1/4, 1/
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, require_values
+from forgetlab.metrics import METRICS, require_values, uses
 from forgetlab.metrics.truth_ratio import utility_score
 
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
@@ -52,10 +52,12 @@ def harmonic_mean(terms: list[float]) -> float:
 
 
 @METRICS.register("model_utility")
-def model_utility(samples, oracle=None) -> float:
+@uses(columns=[c for _, c in UTILITY_TERMS])
+def model_utility(samples, oracle=None, role="model") -> float:
     return harmonic_mean(utility_terms(samples))
 
 
 @METRICS.register("model_utility_para")
-def model_utility_para(samples, oracle=None) -> float:
+@uses(columns=[c for _, c in UTILITY_TERMS_PARA])
+def model_utility_para(samples, oracle=None, role="model") -> float:
     return harmonic_mean(utility_terms(samples, UTILITY_TERMS_PARA, "model_utility_para"))

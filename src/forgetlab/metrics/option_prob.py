@@ -21,12 +21,13 @@ Hand-worked: probabilities 0.6 (a) and 0.1, 0.2, 0.1 (â) give 0.6 / 1.0 = 0.6.
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, require_values
+from forgetlab.metrics import METRICS, require_values, uses
 
 
 def _register(split: str, column: str, name: str) -> None:
     @METRICS.register(name)
-    def metric(samples, oracle=None) -> float:
+    @uses(columns=(column,))
+    def metric(samples, oracle=None, role="model") -> float:
         return float(require_values(samples, split, column, name).mean())
 
     metric.__name__ = name

@@ -22,7 +22,7 @@ and 0.6 (oracle) give MUSE AUCs 0.1 and 0.4, so PrivLeak = (0.1 - 0.4) / 0.4 * 1
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, EvalInputError, needs, require_oracle
+from forgetlab.metrics import METRICS, EvalInputError, require_oracle, uses
 from forgetlab.metrics._mia import mia_auc, min_k_plus_plus_score, min_k_score
 from forgetlab.metrics.mia_min_k_plus_plus import COLUMNS as MINKPP_COLUMNS
 
@@ -36,23 +36,23 @@ def privleak_of(auc_model: float, auc_oracle: float, metric: str = "privleak") -
     return (muse_model - muse_oracle) / muse_oracle * 100.0
 
 
-def privleak_with(samples, oracle, attack, columns, metric: str) -> float:
+def privleak_with(samples, oracle, attack, columns, metric: str, role: str = "model") -> float:
     oracle = require_oracle(oracle, metric)
-    if samples is oracle:  # the oracle scored against itself: 0 by definition, even where AUC is 1
+    if role == "oracle":  # the oracle scored against itself: 0 by definition, even where AUC is 1
         return 0.0
     return privleak_of(mia_auc(samples, attack, metric, columns),
                        mia_auc(oracle, attack, metric, columns, table="oracle"), metric)
 
 
 @METRICS.register("privleak")
-@needs("oracle")
-def privleak(samples, oracle) -> float:
+@uses(tables=("model", "oracle"), columns=("answer_token_logp",))
+def privleak(samples, oracle=None, role="model") -> float:
     return privleak_with(samples, oracle, lambda rows: min_k_score(rows, metric="privleak"), ("answer_token_logp",),
-                         "privleak")
+                         "privleak", role)
 
 
 @METRICS.register("privleak_min_k_plus_plus")
-@needs("oracle")
-def privleak_min_k_plus_plus(samples, oracle) -> float:
+@uses(tables=("model", "oracle"), columns=MINKPP_COLUMNS)
+def privleak_min_k_plus_plus(samples, oracle=None, role="model") -> float:
     return privleak_with(samples, oracle, lambda rows: min_k_plus_plus_score(rows, metric="privleak_min_k_plus_plus"),
-                         MINKPP_COLUMNS, "privleak_min_k_plus_plus")
+                         MINKPP_COLUMNS, "privleak_min_k_plus_plus", role)

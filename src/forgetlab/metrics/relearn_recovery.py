@@ -1,7 +1,7 @@
 """Relearning attack: the fraction of the target-vs-oracle gap that a little fine-tuning on part
 of the forget set brings back on the rest of it (Hu et al. 2025, "Jogging the Memory of Unlearned
 LLMs Through Targeted Relearning Attacks"; Deeb and Roger 2024, "Do Unlearning Methods Remove
-Information from Language Model Weights?"). The attack itself is `forgetlab.relearn`.
+Information from Language Model Weights?"). The attack itself is `forgetlab.eval.relearn`.
 
 The forget rows are split once, with random.Random(data seed), into a relearn subset
 (round(fraction * n) rows, at least 1, at most n - 1) and the held-out rest R (column
@@ -24,8 +24,9 @@ Also reported: ``relearn_forget_prob`` and ``relearn_forget_rouge``, the model's
 after relearning.
 
 Needs the oracle's table and the target's scores (columns ``target_prob`` and
-``target_rouge_l_recall``, attached from --target). The oracle gets 0 by definition; the target
-is near 1, less whatever relearning on the subset costs it on R (a sanity anchor). A
+``target_rouge_l_recall``, which the evaluation attaches from the target's table). The oracle
+(role "oracle") gets 0 by definition; the target is near 1, less whatever relearning on the
+subset costs it on R (a sanity anchor). A
 target-vs-oracle gap under MIN_GAP in absolute value makes the ratio meaningless and is an
 error. Hand-worked: on R the oracle has relearn_prob 0.4, the target prob 0.9 and the oracle
 prob 0.1; a model with relearn_prob 0.8 gets (0.8 - 0.4) / (0.9 - 0.1) = 0.5.
@@ -35,10 +36,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from forgetlab.metrics import INPUTS, METRICS, EvalInputError, needs, require_oracle, split_rows
+from forgetlab.metrics import METRICS, EvalInputError, require_oracle, split_rows, uses
 
 MIN_GAP = 1e-3  # on a [0, 1] scale: probabilities and ROUGE-L recall
 RELEARNED = ("relearn_subset", "relearn_prob", "relearn_rouge_l_recall")
+TARGET = ("target_prob", "target_rouge_l_recall")  # the target's prob and rouge_l_recall on the model's rows
 # (result key, score after relearning, score before relearning)
 PAIRS = (("relearn_recovery", "relearn_prob", "prob"),
          ("relearn_recovery_rouge", "relearn_rouge_l_recall", "rouge_l_recall"))
@@ -59,18 +61,19 @@ def held_out(table: pd.DataFrame, columns, table_name: str, metric: str) -> pd.D
 
 
 @METRICS.register("relearn_recovery")
-@needs("oracle", "target")
-def relearn_recovery(samples, oracle) -> dict[str, float]:
+@uses(tables=("model", "oracle", "target"), columns=(*RELEARNED, "prob", "rouge_l_recall", *TARGET))
+def relearn_recovery(samples, oracle=None, role="model") -> dict[str, float]:
     metric = "relearn_recovery"
     oracle = require_oracle(oracle, metric)
-    if samples is oracle:  # the oracle is its own baseline: 0 by definition
+    if role == "oracle":  # the oracle is its own baseline: 0 by definition
         rest = held_out(samples, (), "model", metric)
         return {"relearn_recovery": 0.0, "relearn_recovery_rouge": 0.0,
                 "relearn_forget_prob": float(rest["relearn_prob"].mean()),
                 "relearn_forget_rouge": float(rest["relearn_rouge_l_recall"].mean())}
-    if "target_prob" not in samples or "target_rouge_l_recall" not in samples:
-        raise EvalInputError(f"metric {metric!r} needs {INPUTS['target']}, and none was attached")
-    rest = held_out(samples, ("target_prob", "target_rouge_l_recall"), "model", metric)
+    if any(column not in samples for column in TARGET):
+        raise EvalInputError(f"metric {metric!r} needs the target's per-sample table, its {' and '.join(TARGET)} "
+                             "attached to the model's rows, and none was attached")
+    rest = held_out(samples, TARGET, "model", metric)
     base = held_out(oracle, ("prob", "rouge_l_recall"), "oracle", metric)
     if set(rest.index) != set(base.index):
         raise EvalInputError(f"metric {metric!r}: the model's and the oracle's held-out forget rows differ "

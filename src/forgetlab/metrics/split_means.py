@@ -12,7 +12,7 @@ plus ``split_means`` returning a dict with both keys for every split present in 
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, EvalInputError, require_values
+from forgetlab.metrics import METRICS, EvalInputError, require_values, uses
 
 SPLITS = ("forget", "retain", "holdout", "real_authors", "world_facts")
 COLUMNS = {"prob": "prob", "rouge": "rouge_l_recall"}
@@ -24,7 +24,8 @@ def split_mean(samples, split: str, key: str, metric: str | None = None) -> floa
 
 def _register(split: str, key: str) -> None:
     @METRICS.register(f"{split}_{key}")
-    def metric(samples, oracle=None) -> float:
+    @uses(columns=(COLUMNS[key],))
+    def metric(samples, oracle=None, role="model") -> float:
         return split_mean(samples, split, key)
 
     metric.__name__ = f"{split}_{key}"
@@ -37,7 +38,8 @@ for _split in SPLITS:
 
 
 @METRICS.register("split_means")
-def split_means(samples, oracle=None) -> dict[str, float]:
+@uses(columns=COLUMNS.values())
+def split_means(samples, oracle=None, role="model") -> dict[str, float]:
     present = [] if samples is None or len(samples) == 0 else list(dict.fromkeys(samples["split"]))
     if not present:
         raise EvalInputError("metric 'split_means': the per-sample table is empty")

@@ -1,7 +1,7 @@
 """TOFU aggregated truth-ratio scores (Maini et al. 2024, "TOFU: A Task of Fictitious Unlearning";
 open-unlearning's ``truth_ratio`` with its ``closer_to_1_better`` and ``true_better`` aggregators).
 
-Per sample (column ``truth_ratio``, see `forgetlab.evaluate`), as TOFU's code and open-unlearning:
+Per sample (column ``truth_ratio``, see `forgetlab.eval.scoring`), as TOFU's code and open-unlearning:
 
     R = exp(-(1/m) Σ_i NLL(â_i)) / exp(-NLL(c))       NLL = mean per-token NLL of the answer + eos
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forgetlab.metrics import METRICS, mean_or_nan, require_values, split_values
+from forgetlab.metrics import METRICS, mean_or_nan, require_values, split_values, uses
 
 
 def symmetric_score(samples, split: str, column: str = "truth_ratio") -> float:
@@ -50,7 +50,8 @@ def utility_score(samples, split: str, column: str = "truth_ratio") -> float:
 
 def _register(name: str, split: str, score, column: str = "truth_ratio") -> None:
     @METRICS.register(name)
-    def metric(samples, oracle=None) -> float:
+    @uses(columns=(column,))
+    def metric(samples, oracle=None, role="model") -> float:
         require_values(samples, split, column, name)
         return score(samples, split, column)
 

@@ -17,9 +17,10 @@ Hand-worked: continuations scoring F1 1.0 and 0.5 give 0.75.
 
 from __future__ import annotations
 
-from forgetlab.metrics import METRICS, require_values
+from forgetlab.metrics import METRICS, require_values, uses
 
 
 @METRICS.register("verbmem")
-def verbmem(samples, oracle=None) -> dict[str, float]:
+@uses(columns=("verbmem_rouge_l_f1",))
+def verbmem(samples, oracle=None, role="model") -> dict[str, float]:
     return {"forget_verbmem": float(require_values(samples, "forget", "verbmem_rouge_l_f1", "verbmem").mean())}

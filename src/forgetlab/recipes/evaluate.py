@@ -1,29 +1,29 @@
-"""evaluate: score one model on forget, retain, holdout, world_facts and real_authors in one batched pass,
+"""evaluate: score one model on forget, retain, holdout, world_facts and real_authors in batched passes,
 keep the per-sample table, and compute the configured aggregate metrics against the oracle (also
-the reference model of mia_reference, as in open-unlearning) and, for relearn_recovery, the target."""
+the reference model of mia_reference, as in open-unlearning) and, for relearn_recovery, the target.
+Only the passes that the configured metrics read are run (`forgetlab.eval.plan`)."""
 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from forgetlab.evaluate import score_model
-from forgetlab.metrics import INPUTS, EvalInputError, compute_metrics, mean_or_nan, needs_of, split_values
+from forgetlab.eval.plan import RELEARN, metrics_to_run, needs_target, passes_for
+from forgetlab.eval.relearn import RelearnConfig, attach_relearn, relearn_columns
+from forgetlab.eval.scoring import score_model
+from forgetlab.eval.tables import attach_target, read_table
+from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
+from forgetlab.metrics import EvalInputError, compute_metrics, mean_or_nan, split_values
 from forgetlab.model import atomic_dir, autocast, load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl, set_threads, write_json
-from forgetlab.relearn import RelearnConfig, attach_relearn, relearn_columns
 from forgetlab.tracking import stage_run
 from forgetlab.train import seed_everything
-from forgetlab.trajectory import steps_to_threshold
 
 LABELS = ("study", "model", "regularizer", "method", "split", "seed")
 SEQUENTIAL_LABELS = ("sequential_step", "sequential_chunks")  # only a sequential run's steps have them
 PATH_LABELS = ("path",)  # only the models of a study with training paths have it
-OPTIONS = {"oracle": "--oracle", "target": "--target"}
-RELEARN_METRICS = ("relearn_recovery",)  # metrics that need the relearning attack's columns
 
 
 def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
@@ -50,94 +50,44 @@ def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
     return splits
 
 
-def read_table(directory: Path, role: str) -> pd.DataFrame:
-    """The per-sample table of another evaluation (the oracle's or the target's)."""
-    path = Path(directory) / "samples.parquet"
-    if not path.exists():
-        raise EvalInputError(f"{OPTIONS[role]} {directory}: {path} not found ({INPUTS[role]})")
-    return pd.read_parquet(path)
-
-
-def metrics_to_run(names: list[str], model: str, available: set[str]) -> list[str]:
-    """The configured metrics this model can have. The pretrained model has no oracle or target
-    by design, so metrics needing one are left out for it (and logged); for any other model a
-    missing input is an error naming it, raised before any scoring."""
-    run, skipped = [], []
-    for name in names:
-        missing = [need for need in needs_of(name) if need not in available]
-        if not missing:
-            run.append(name)
-        elif model == "pretrained":
-            skipped.append(name)
-        else:
-            raise EvalInputError(f"metric {name!r} needs {INPUTS[missing[0]]}, and no {OPTIONS[missing[0]]} was given")
-    if skipped:
-        print(f"evaluate: {', '.join(skipped)} not computed for the pretrained model "
-              "(no oracle or target table by design)", file=sys.stderr)
-    return run
-
-
-def attach_columns(samples: pd.DataFrame, table: pd.DataFrame, columns: dict[str, str], needed: tuple[str, ...],
-                   role: str, where: Path) -> pd.DataFrame:
-    """Add another evaluation's per-sample `columns` (its name -> the name here) to the rows of the
-    same (split, id); every row of the `needed` splits must get them."""
-    missing = [c for c in columns if c not in table]
-    if missing:
-        raise EvalInputError(f"{role} table {where} has no column(s) {', '.join(missing)}")
-    other = table[["split", "id", *columns]].rename(columns=columns)
-    if other.duplicated(["split", "id"]).any():
-        raise EvalInputError(f"{role} table {where}: duplicate (split, id) rows")
-    out = samples.merge(other, on=["split", "id"], how="left")
-    first = next(iter(columns.values()))
-    lost = out["split"].isin(needed) & out[first].isna()
-    if lost.any():
-        ids = out.loc[lost, "id"].tolist()
-        raise EvalInputError(f"{role} table {where} lacks {len(ids)} {'/'.join(needed)} row(s) of this "
-                             f"evaluation, e.g. {ids[0]!r}: was it evaluated on the same split and data?")
-    return out
-
-
-def attach_target(samples: pd.DataFrame, target: pd.DataFrame, where: Path) -> pd.DataFrame:
-    """Add target_prob and target_rouge_l_recall, the target's scores of the same (split, id), for the
-    relearning attack (the target itself passes its own table)."""
-    return attach_columns(samples, target, {"prob": "target_prob", "rouge_l_recall": "target_rouge_l_recall"},
-                          ("forget",), "target", where)
-
-
 def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path | None = None,
         target: Path | None = None) -> None:
     set_threads(params)
     seed_everything(params["seed_data"])
-    ev = params["evaluate"]
-    is_oracle, is_target = params["model"] == "oracle", params["model"] == "target"
+    ev, role, precision = params["evaluate"], params["model"], params.get("precision", "auto")
+    is_oracle, is_target = role == "oracle", role == "target"
     oracle_table = read_table(oracle, "oracle") if oracle and not is_oracle else None
     target_table = read_table(target, "target") if target and not is_target else None
     # the oracle is its own oracle, the target its own target; the oracle needs no target (its
     # relearn_recovery is 0 by definition)
     available = {k for k, present in (("oracle", is_oracle or oracle_table is not None),
                                       ("target", is_oracle or is_target or target_table is not None)) if present}
-    names = metrics_to_run(ev["metrics"], params["model"], available)
+    names = metrics_to_run(ev["metrics"], role, available)
+    passes = passes_for(names)
     splits = eval_splits(params, data_dir)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-        with autocast(params.get("precision", "auto"), next(model.parameters()).device):  # fp32 on the CPU
+        with autocast(precision, next(model.parameters()).device):  # fp32 on the CPU
             samples = score_model(model, tokenizer, splits, ev["batch_size"], ev["max_new_tokens"],
-                                  seed=params["seed_data"])
-        if any(name in RELEARN_METRICS for name in names):  # the relearning attack, on a copy of the model
+                                  seed=params["seed_data"], passes=[p for p in passes if p != RELEARN])
+        if RELEARN in passes:  # the relearning attack, on a copy of the model
             relearned = relearn_columns(model, tokenizer, splits["forget"], RelearnConfig(**ev.get("relearn", {})),
-                                        params["seed_data"], params.get("precision", "auto"), ev["batch_size"],
-                                        ev["max_new_tokens"])
+                                        params["seed_data"], precision, ev["batch_size"], ev["max_new_tokens"])
             samples = attach_relearn(samples, relearned)
-            if is_target:
-                samples = attach_target(samples, samples, Path(out) / "samples.parquet")
-            elif target_table is not None:
-                samples = attach_target(samples, target_table, Path(target) / "samples.parquet")
+        if needs_target(names) and is_target:
+            samples = attach_target(samples, samples, Path(out) / "samples.parquet")
+        elif needs_target(names) and target_table is not None:
+            samples = attach_target(samples, target_table, Path(target) / "samples.parquet")
         # the oracle is its own reference: forget_quality 1, privleak 0 and mia_reference 1/2 by definition
+        metrics = compute_metrics(names, samples, oracle_table, role=role)
         oracle_samples = samples if is_oracle else oracle_table
-        metrics = compute_metrics(names, samples, oracle_samples)
         if (model_dir / "trajectory.csv").exists() and oracle_samples is not None:
             oracle_forget_prob = mean_or_nan(split_values(oracle_samples, "forget", "prob"))
-            metrics.update(steps_to_threshold(pd.read_csv(model_dir / "trajectory.csv"), oracle_forget_prob))
+            traj = pd.read_csv(model_dir / "trajectory.csv")
+            metrics.update(steps_to_threshold(traj, oracle_forget_prob))
+            if (model_dir / "trajectory_samples.parquet").exists():  # the comparison at equal forgetting
+                metrics.update(matched_metrics(traj, pd.read_parquet(model_dir / "trajectory_samples.parquet"),
+                                               oracle_forget_prob, oracle_samples))
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
         labels.update({k: params[k] for k in SEQUENTIAL_LABELS + PATH_LABELS if params.get(k) is not None})

@@ -1,5 +1,6 @@
 """finetune: from the pretrained weights, train the target (retain + forget) or the retain-only
 oracle with one study entry's regularizers. Target and oracle share every setting but the data.
+An entry's `data_order_seed` reshuffles the training data (and nothing else): the A/A control.
 A stage of a training path (forgetlab.paths) starts from the previous stage's model (`--pretrained`)
 and trains on its own QA split with its own settings; the entry's regularizers apply in every stage."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
@@ -34,6 +37,14 @@ def ingredient_settings(params: dict) -> tuple[int, dict]:
     return seed, train_cfg
 
 
+def loader_seed(seed: int, params: dict) -> int:
+    """The seed of the training data's order: the job's seed, or, when the entry sets
+    `data_order_seed` d, a seed derived from (seed, d) by numpy's SeedSequence, so that the data
+    order changes while the seed of everything else (regularizers' randomness, dropout) does not."""
+    d = params.get("data_order_seed")
+    return seed if d is None else int(np.random.SeedSequence([seed, d]).generate_state(1)[0])
+
+
 def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
     set_threads(params)
     regularizers = build_regularizers(params["regularizers"])
@@ -46,7 +57,7 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
         rows = read_jsonl(qa_file)
         examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
-        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device())
+        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device())
         steps = num_steps(cfg, len(loader))
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, qa_file])

@@ -5,11 +5,15 @@ trajectory.csv directly); a directory without a trajectory.csv (unlearn.eval_eve
 
 Tables (CSV, and parquet where noted):
   summary      one row per model, one column per metric (parquet too); each step of a sequential
-               run is a model of its own (`model` sequential, `sequential_step` j of `sequential_chunks`)
+               run is a model of its own (`model` sequential, `sequential_step` j of `sequential_chunks`);
+               `collapsed` flags an unlearned model with forget and retain prob below its oracle's forget prob
   stats        mean and 95% bootstrap CI over seeds per (regularizer, method, split, metric) (parquet too);
                `method` is the unlearning method, or `target`/`oracle` for the fine-tuned models
-  paired_tests each regularizer against `none` on forget_quality (log10) and model_utility: a
-               Wilcoxon signed-rank test on pairs matched on (method, split, seed), Holm-corrected (parquet too)
+  paired_tests each regularizer against `none` on forget_quality (log10; pairs with a collapsed model
+               left out), model_utility and the matched comparison's metrics where present: a Wilcoxon
+               signed-rank test on pairs matched on (method, split, seed), Holm-corrected per family
+               (the regularizers; the A/A control, params `aa_controls`, on its own) (parquet too)
+  findings     findings.md / findings.html: one sentence per test (forgetlab.findings)
   trajectories every recorded unlearning step of every unlearned model
 environment.json: the environment every job of the study ran in (forgetlab.environment), with a
 warning, also printed, when they ran in more than one (a study resumed on another node, ...).
@@ -33,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forgetlab import environment, path_report, plots, stats
+from forgetlab import environment, findings, path_report, plots, stats
+from forgetlab.eval.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 from forgetlab.model import atomic_dir
 from forgetlab.tracking import stage_run
-from forgetlab.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 
 STAGE_OF = {"pretrained": "pretrain", "target": "finetune", "oracle": "finetune"}
 ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "sequential_step",
@@ -44,11 +48,16 @@ ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed
 SEQUENTIAL = "sequential"  # the model of a sequential run's step
 GRID = ["regularizer", "method", "split", "seed"]
 BASELINE = "none"
-TESTED = {"forget_quality": "log10", "model_utility": "identity"}  # metric -> the scale it is tested on
+# metric -> the scale it is tested on; the matched ones only where the trajectories recorded them
+TESTED = {"forget_quality": "log10", "model_utility": "identity", "matched_forget_quality": "log10",
+          "matched_utility_retain_lik": "identity"}
+COLLAPSED = "collapsed"  # forget and retain prob both below the oracle's forget prob (flag_collapsed)
+EXCLUDE_COLLAPSED = {"forget_quality": COLLAPSED}  # no collapsed model counts as a good forgetter
 
 OUTPUTS = ("summary.parquet", "summary.csv", "stats.parquet", "stats.csv", "paired_tests.parquet",
            "paired_tests.csv", "trajectories.csv", "forget_quality_vs_utility.png", "metric_heatmap.png",
-           "trajectory_forget_prob.png", "trajectory_paths.png", "sequential_unlearning.png", "environment.json")
+           "trajectory_forget_prob.png", "trajectory_paths.png", "sequential_unlearning.png", "environment.json",
+           "findings.md", "findings.html")
 
 
 def with_path(columns: list[str], paths: bool) -> list[str]:
@@ -75,6 +84,30 @@ def summarize(metric_files: list[Path]) -> pd.DataFrame:
     keys = with_path(["split", "regularizer", "seed", "_order", "method", "sequential_step"], "path" in table)
     table = table.sort_values(keys, na_position="first")
     return table.drop(columns="_order").reset_index(drop=True)
+
+
+def flag_collapsed(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add `collapsed`: 1.0 for an unlearned model (or sequential step) whose forget_prob and
+    retain_prob are both below its oracle's forget_prob (same regularizer, seed and split), else
+    0.0; NaN for the pretrained, target and oracle models, and where a value is missing.
+
+    The oracle's forget_prob is the level of a fact a model never saw: a model that puts its retain
+    answers below it has lost what it should keep, not just what it should forget. (Every unlearning
+    run of the default model lowers retain_prob below the oracle's retain_prob, so that reading of
+    "below the oracle's" would flag nearly every run; benchmarks/results/unlearn_lr_sweep.json.)"""
+    out = summary.copy()
+    out[COLLAPSED] = np.nan
+    if not {"forget_prob", "retain_prob"} <= set(summary.columns):
+        return out
+    keys = ["regularizer", "seed", "split"]
+    oracle = summary.loc[summary["model"] == "oracle", keys + ["forget_prob"]]
+    unlearned = summary["model"].isin(["unlearned", SEQUENTIAL])
+    level = summary.loc[unlearned, keys].merge(oracle, on=keys, how="left")["forget_prob"].to_numpy(dtype=float)
+    mine = summary.loc[unlearned, ["forget_prob", "retain_prob"]].to_numpy(dtype=float)
+    flag = np.where(np.isnan(mine).any(axis=1) | np.isnan(level), np.nan,
+                    (mine < level[:, None]).all(axis=1).astype(float))
+    out.loc[unlearned, COLLAPSED] = flag
+    return out
 
 
 def split_inputs(paths: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -136,11 +169,18 @@ def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
     return models.melt(id_vars=with_path(GRID, "path" in models), value_vars=metrics, var_name="metric", value_name="value")
 
 
-def paired(summary: pd.DataFrame) -> pd.DataFrame:
+def paired(summary: pd.DataFrame, aa_controls=()) -> pd.DataFrame:
     """Each regularizer against the baseline; with training paths, pairs also match on the path."""
     tested = {m: scale for m, scale in TESTED.items() if m in summary}
     keys = (["path"] if "path" in summary else []) + ["method", "split", "seed"]
-    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE, keys=keys)
+    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE, keys=keys,
+                              aa_controls=aa_controls, exclude=EXCLUDE_COLLAPSED)
+
+
+def write_findings(study: str, tests: pd.DataFrame, tmp: Path) -> None:
+    lines = findings.sections(tests)
+    (tmp / "findings.md").write_text(findings.markdown(study, lines))
+    (tmp / "findings.html").write_text(findings.to_html(study, lines))
 
 
 def write_tables(tables: dict[str, pd.DataFrame], tmp: Path) -> None:
@@ -189,11 +229,12 @@ def run(params: dict, inputs: list[Path], out: Path) -> None:
     metric_files, trajectory_files = split_inputs(inputs)
     order = list(params.get("paths") or {})  # training paths, the first the reference (forgetlab.paths)
     with stage_run(params, out) as mlrun, atomic_dir(out / ".report") as tmp:
-        summary = summarize(metric_files)
+        summary = flag_collapsed(summarize(metric_files))
         trajectories = load_trajectories(trajectory_files, summary)
         seed_stats = path_report.per_path(stats.seed_stats, long_metrics(summary))
-        tests = paired(summary)
+        tests = paired(summary, params.get("aa_controls", ()))
         write_tables({"summary": summary, "stats": seed_stats, "paired_tests": tests, "trajectories": trajectories}, tmp)
+        write_findings(params["study"], tests, tmp)
         draw(*path_report.reference_path(order, summary, seed_stats, trajectories), tmp)
         outputs = OUTPUTS
         if path_report.n_paths(summary) > 1:  # the cross-path measures

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.world import RELABEL_FIELD
+from forgetlab.eval.trajectory import Trajectory
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.sequential import forget_chunk
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, paired, seed_everything, train
-from forgetlab.trajectory import Trajectory
 from forgetlab.unlearning import build_method
 
 
@@ -145,6 +145,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
         save_model(model, tokenizer, tmp)
         if trajectory is not None:
             trajectory.table().to_csv(tmp / "trajectory.csv", index=False)
+            trajectory.sample_table().to_parquet(tmp / "trajectory_samples.parquet", index=False)
             mlrun.log_artifact(tmp / "trajectory.csv")
         write_json(tmp / "forgetlab_stage.json", {**params, "start_model": str(target), "reference_model": str(reference),
                                                   "forget_examples": len(forget_rows)})

@@ -15,7 +15,7 @@ every QA row; this module scores them with the model, per row:
 * ``form_mc_correct``        1 if p_* is strictly the largest p_k, else 0 (a tie counts as 0).
 
 Every probability is exp(-mean NLL) over the answer tokens (" " + answer + eos), in the
-training prompt format, as in `forgetlab.evaluate`; the original form is the table's ``prob``.
+training prompt format, as in `forgetlab.eval.scoring`; the original form is the table's ``prob``.
 All sequences of all rows go through one batched likelihood pass (`eval_passes.token_stats`).
 A row without form fields (real TOFU data) gets NaN; a row with only some of them is an error.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 from forgetlab.data.world import FORM_FIELDS
-from forgetlab.eval_passes import TokenStats, timed, token_stats
+from forgetlab.eval.passes import TokenStats, timed, token_stats
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_qa
 

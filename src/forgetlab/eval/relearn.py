@@ -13,7 +13,7 @@ on some facts, measuring the others from the same distribution). Here:
    AdamW, gradient clipping at 1.0, a constant lr, no weight decay) on plain answer-only NLL of
    the subset's QA (batches from a seeded ``forgetlab.train.Loader``) for ``steps`` steps;
 3. the relearned copy is scored on the held-out rows only, with the pieces of
-   ``forgetlab.evaluate``: ``relearn_prob`` = P(a|q)^(1/|a|) (as ``prob``) and
+   ``forgetlab.eval.scoring``: ``relearn_prob`` = P(a|q)^(1/|a|) (as ``prob``) and
    ``relearn_rouge_l_recall``, the ROUGE-L recall of its batched greedy answer (as
    ``rouge_l_recall``).
 
@@ -32,8 +32,8 @@ from functools import partial
 
 import pandas as pd
 
-from forgetlab.eval_passes import timed
-from forgetlab.evaluate import greedy_answers, pad_id, rouge_l_recall, sequence_nll
+from forgetlab.eval.passes import timed
+from forgetlab.eval.scoring import greedy_answers, pad_id, rouge_l_recall, sequence_nll
 from forgetlab.losses import lm_loss
 from forgetlab.metrics import EvalInputError
 from forgetlab.model import autocast

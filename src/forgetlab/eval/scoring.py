@@ -35,13 +35,14 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
   have no rows in corpus.jsonl, and their answers were never trained on concatenated.
 * form robustness (ORT), on the forget split only (NaN elsewhere, and on rows without form
   fields): ``form_paraphrased_prob``, ``form_cloze_prob``, ``form_mc_option_prob`` and
-  ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.forms`).
+  ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.eval.forms`).
 
 One forward pass per padded batch yields every likelihood value (answers, paraphrases and
 perturbations of all rows together); one batched greedy decoding covers the QA answers and the
 verbmem continuations; GradNorm is the only backward pass (vmap over samples). The forms of the
 forget rows take one more batched likelihood pass. ``timings`` collects the wall time of each
-part ("logprob", "generation", "gradnorm", "forms").
+part ("logprob", "generation", "gradnorm", "forms"). All but the likelihood pass are optional
+(PASS_COLUMNS): the evaluation runs those that its metrics read (`forgetlab.eval.plan`).
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ import zlib
 
 import pandas as pd
 
-from forgetlab.eval_passes import greedy_continuations, grad_norms, timed, token_stats
-from forgetlab.forms import FORM_COLUMNS, NO_FORMS, score_forms
+from forgetlab.eval.forms import FORM_COLUMNS, NO_FORMS, score_forms
+from forgetlab.eval.passes import greedy_continuations, grad_norms, timed, token_stats
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa
 
@@ -72,6 +73,14 @@ MIA_SPLITS = ("forget", "holdout")
 ANSWER_IS_CORRECT = ("real_authors", "world_facts")
 VERBMEM_SPLITS = ("forget",)
 FORMS_SPLITS = ("forget",)
+# the optional passes of score_model and the COLUMNS each fills; the likelihood pass, always run,
+# fills the others. A pass not run leaves its columns empty: "" for generated, NaN or None else.
+PASS_COLUMNS = {
+    "generation": ("generated", "rouge_l_recall", "rouge_l_f1",
+                   "verbmem_prefix_tokens", "verbmem_continuation", "verbmem_generated", "verbmem_rouge_l_f1"),
+    "gradnorm": ("grad_norm",),
+    "forms": tuple(FORM_COLUMNS),
+}
 
 @functools.cache
 def _scorer():
@@ -238,14 +247,22 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
 
 def score_model(model, tokenizer, splits: dict[str, list[dict]], batch_size: int = 32,
                 max_new_tokens: int = 40, grad_norm_splits=MIA_SPLITS, verbmem_splits=VERBMEM_SPLITS,
-                timings: dict | None = None, forms_splits=FORMS_SPLITS, seed: int = 0) -> pd.DataFrame:
-    """Concatenation of ``score_split`` over ``{split name: rows}``; GradNorm on ``grad_norm_splits``,
-    verbmem on ``verbmem_splits`` and the form-robustness columns on ``forms_splits`` (by default
-    GradNorm on the membership-inference splits, the other two on forget); ``seed`` seeds GradNorm's
-    dropout masks."""
-    frames = [score_split(model, tokenizer, rows, name, batch_size, max_new_tokens,
-                          grad_norm=name in grad_norm_splits, verbmem=name in verbmem_splits, timings=timings,
-                          forms=name in forms_splits, seed=seed)
+                timings: dict | None = None, forms_splits=FORMS_SPLITS, seed: int = 0,
+                passes=tuple(PASS_COLUMNS)) -> pd.DataFrame:
+    """Concatenation of ``score_split`` over ``{split name: rows}``: the likelihood pass, and the
+    optional ``passes`` (of PASS_COLUMNS; all by default): the greedy generation (with verbmem on
+    ``verbmem_splits``), GradNorm on ``grad_norm_splits`` and the form-robustness columns on
+    ``forms_splits`` (by default GradNorm on the membership-inference splits, the other two on
+    forget); ``seed`` seeds GradNorm's dropout masks. A pass's values do not depend on which other
+    passes run."""
+    unknown = set(passes) - set(PASS_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown scoring pass(es) {', '.join(sorted(unknown))}; known: {', '.join(PASS_COLUMNS)}")
+    generate = "generation" in passes
+    frames = [score_split(model, tokenizer, rows, name, batch_size, max_new_tokens, generate=generate,
+                          grad_norm="gradnorm" in passes and name in grad_norm_splits,
+                          verbmem=generate and name in verbmem_splits, timings=timings,
+                          forms="forms" in passes and name in forms_splits, seed=seed)
               for name, rows in splits.items()]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)

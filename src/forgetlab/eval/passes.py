@@ -1,4 +1,4 @@
-"""The three batched passes behind `forgetlab.evaluate`, each over many sequences at once.
+"""The three batched passes behind `forgetlab.eval.scoring`, each over many sequences at once.
 
 * `token_stats`: one teacher-forced forward per padded batch. For every supervised (answer) token
   it returns log p(y_t | <t), whether argmax p(. | <t) == y_t, and the mean and standard deviation

@@ -1,0 +1,152 @@
+"""findings.md, written by the report from its tables: on a synthetic study of 3 seeds (none,
+dropout, an A/A copy of none; 3 methods; one split), every number of every sentence is its row of
+paired_tests.csv to the printed precision, significant findings come first, the A/A control's
+line is always there and a failed control is said in red; a collapsed model is flagged and its
+pairs leave the forget-quality test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from forgetlab import findings
+from forgetlab.recipes import report
+
+REGS, METHODS, SEEDS, SPLIT = ("none", "dropout", "none_aa"), ("npo", "grad_ascent", "grad_diff"), (0, 1, 2), "forget10"
+COLLAPSED_RUN = ("dropout", "grad_diff", 2)  # forget and retain prob below its oracle's forget prob (0.2)
+DAMAGED_RUN = ("dropout", "grad_diff", 1)  # retain prob below the oracle's retain prob but not its forget prob
+
+
+def metrics_of(model, reg, method, seed, aa_shift):
+    if model != "unlearned":  # the oracle: forget_prob 0.2, retain_prob 0.6
+        return {"forget_quality": 1.0, "model_utility": 0.5, "forget_prob": 0.2, "retain_prob": 0.6}
+    m, k = METHODS.index(method), 3 * seed + METHODS.index(method)  # k = 0..8, one per pair
+    better = reg == "dropout"
+    jitter = aa_shift * (-1) ** k * (k + 1) if reg == "none_aa" else 0.0
+    out = {"forget_quality": 10.0 ** -(4 + m + seed - (1.0 + 0.1 * k if better else 0.0) + jitter),
+           "model_utility": 0.4 + 0.01 * m + (0.02 + 0.001 * k if better else 0.0) + jitter / 10,
+           "forget_prob": 0.1, "retain_prob": {COLLAPSED_RUN: 0.15, DAMAGED_RUN: 0.5}.get((reg, method, seed), 0.7),
+           "matched_forget_quality": 10.0 ** -(2 + seed + (0.1 * k if better else 0.0)),
+           "matched_utility_retain_lik": 0.3 + 0.01 * seed + (0.001 * (-1) ** k if better else 0.0)}
+    return out
+
+
+def write_study(root: Path, regs=REGS, aa_shift=0.01) -> list[Path]:
+    inputs = []
+    for reg in regs:
+        for seed in SEEDS:
+            for model, method in [("oracle", None)] + [("unlearned", m) for m in METHODS]:
+                name = method or model
+                eval_dir = root / "eval" / reg / f"seed{seed}" / SPLIT / name
+                eval_dir.mkdir(parents=True)
+                record = {"study": "syn", "model": model, "regularizer": reg, "method": method, "split": SPLIT,
+                          "seed": seed, "regularizer_params": [{"name": "none" if reg != "dropout" else reg}],
+                          "method_params": {"name": method} if method else None,
+                          "model_path": str(root / "m" / reg / str(seed) / name),
+                          "metrics": metrics_of(model, reg, method, seed, aa_shift)}
+                (eval_dir / "metrics.json").write_text(json.dumps(record))
+                inputs.append(eval_dir / "metrics.json")
+    return inputs
+
+
+def build(tmp_path, monkeypatch, **kw) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    root = Path("results/syn")
+    inputs = write_study(root, **kw)
+    aa = ["none_aa"] if "none_aa" in kw.get("regs", REGS) else []
+    params = {"study": "syn", "stage": "report", "threads": 1, "metrics": ["forget_quality"],
+              **({"aa_controls": aa} if aa else {})}
+    report.run(params, inputs, root)
+    return tmp_path / root
+
+
+SENTENCE = re.compile(r"^- (?P<level>\S+) vs (?P<baseline>\S+): (?P<label>.+?) (?P<mean_diff>[+-]\S+) "
+                      r"\[(?P<diff_ci_low>\S+), (?P<diff_ci_high>\S+)\], Holm p = (?P<p_holm>\S+), "
+                      r"n = (?P<n_pairs>\d+) pairs(?: \((?P<n_excluded>\d+) pair\(s\) with a collapsed model "
+                      r"left out\))?(?P<untestable> \(not testable\))?$")
+
+
+def parse(text: str) -> tuple[list[dict], list[str]]:
+    """(the sentences' fields, the other lines)."""
+    sentences, rest = [], []
+    for line in text.splitlines():
+        match = SENTENCE.match(line)
+        (sentences.append(match.groupdict()) if match else rest.append(line))
+    return sentences, rest
+
+
+def test_every_number_of_findings_is_its_row_of_paired_tests(tmp_path, monkeypatch):
+    root = build(tmp_path, monkeypatch)
+    tests = pd.read_csv(root / "paired_tests.csv")
+    sentences, rest = parse((root / "findings.md").read_text())
+    label_of = {label: metric for metric, label in findings.LABELS.items()}
+    assert len(sentences) == len(tests) == 2 * 4  # dropout and none_aa x the four headline metrics
+    seen = set()
+    for s in sentences:
+        row = tests[(tests["regularizer"] == s["level"]) & (tests["metric"] == label_of[s["label"]])]
+        assert len(row) == 1, s
+        row = row.iloc[0]
+        seen.add((row["regularizer"], row["metric"]))
+        assert s["baseline"] == row["baseline"] == "none"
+        for key in ("mean_diff", "diff_ci_low", "diff_ci_high", "p_holm"):  # 3 significant digits
+            assert float(s[key]) == pytest.approx(row[key], rel=5e-3, abs=1e-300), (s, key)
+        assert int(s["n_pairs"]) == row["n_pairs"]
+        assert int(s["n_excluded"] or 0) == row["n_excluded"]
+        assert bool(s["untestable"]) == (not row["testable"])
+    assert len(seen) == len(tests)
+    # no other number anywhere but the level of the test (0.05) and the CI's 95%
+    numbers = {n for line in rest if not line.startswith("# Findings") for n in re.findall(r"\d+(?:\.\d+)?", line)}
+    assert numbers <= {"0.05", "95"}
+
+
+def test_the_synthetic_study_says_what_its_tables_say(tmp_path, monkeypatch):
+    root = build(tmp_path, monkeypatch)
+    tests = pd.read_csv(root / "paired_tests.csv").set_index(["regularizer", "metric"])
+    # dropout's utility is higher on all 9 pairs: exact p 2/2^9; forget quality too, but the collapsed
+    # run's pair is left out of it: 8 pairs, p 2/2^8; Holm over dropout's 4 tests
+    assert tests.loc[("dropout", "model_utility"), "p_value"] == pytest.approx(2 / 512)
+    fq = tests.loc[("dropout", "forget_quality")]
+    assert fq["n_pairs"] == 8 and fq["n_excluded"] == 1 and fq["p_value"] == pytest.approx(2 / 256)
+    # by hand: decades 1 + 0.1 k over k = 0..8 without k = 8 (the collapsed pair): 1 + 0.1 * 28/8
+    assert fq["mean_diff"] == pytest.approx(1.35)
+    assert (tests.xs("none_aa")["family"] == "aa_control").all() and not tests.xs("none_aa")["reject"].any()
+    summary = pd.read_csv(root / "summary.csv")
+    flagged = summary[summary["collapsed"] == 1][["regularizer", "method", "seed"]]
+    assert [tuple(r) for r in flagged.itertuples(index=False)] == [COLLAPSED_RUN]
+    assert summary.loc[summary["model"] == "oracle", "collapsed"].isna().all()
+
+    text = (root / "findings.md").read_text()
+    lines = text.splitlines()
+    significant = [i for i, line in enumerate(lines) if line.startswith("- dropout") and "utility after" in line]
+    not_significant = lines.index("## Not significant")
+    assert significant and max(significant) < not_significant  # significant findings first
+    assert "- dropout vs none: log10 forget quality after unlearning +1.35 [" in text
+    assert "(1 pair(s) with a collapsed model left out)" in text
+    aa = lines[lines.index("## A/A control"):]
+    assert any(line.startswith("- none_aa vs none: model utility after unlearning") for line in aa)
+    assert findings.FAILED not in text and "A/A control FAILED" not in (root / "findings.html").read_text()
+
+
+def test_a_failed_aa_control_is_said_in_red(tmp_path, monkeypatch):
+    root = build(tmp_path, monkeypatch, aa_shift=0.0)  # none_aa == none: then make it differ
+    tests = pd.read_csv(root / "paired_tests.csv")
+    assert not tests[tests["family"] == "aa_control"]["testable"].any()  # identical copies: nothing to test
+    # a copy whose utility is always higher: 9 of 9 pairs, p = 2/512, significant after Holm
+    tests.loc[(tests["regularizer"] == "none_aa") & (tests["metric"] == "model_utility"),
+              ["testable", "p_value", "p_holm"]] = [True, 2 / 512, 4 * 2 / 512]
+    lines = findings.sections(tests)
+    assert lines["A/A control"][0].startswith(findings.FAILED)
+    md, page = findings.markdown("syn", lines), findings.to_html("syn", lines)
+    assert '<span style="color: red">**A/A control FAILED**' in md
+    assert '<span style="color: red"><b>A/A control FAILED</b>' in page
+
+
+def test_a_study_without_an_aa_entry_says_the_control_was_not_run(tmp_path, monkeypatch):
+    root = build(tmp_path, monkeypatch, regs=("none", "dropout"))
+    text = (root / "findings.md").read_text()
+    assert findings.NOT_RUN in text.splitlines()[text.splitlines().index("## A/A control") + 2]
