@@ -246,3 +246,18 @@ def test_the_figure_marks_each_paths_oracle_level():
     summary = pd.DataFrame({"model": ["oracle", "oracle", "oracle", "target"], "regularizer": "none", "split": "forget10",
                             "path": ["a", "a", "b", "a"], "forget_prob": [0.2, 0.4, 0.5, 0.9]})
     assert path_report.oracle_levels(summary) == pytest.approx({("none", "forget10", "a"): 0.3, ("none", "forget10", "b"): 0.5})
+
+
+def test_collapse_is_judged_against_the_models_own_paths_oracle():
+    from forgetlab.recipes.report import flag_collapsed
+
+    cell = {"regularizer": "none", "split": "forget10", "seed": 0}
+    summary = pd.DataFrame([
+        {**cell, "model": "oracle", "method": None, "path": "a", "forget_prob": 0.5, "retain_prob": 0.9},
+        {**cell, "model": "oracle", "method": None, "path": "b", "forget_prob": 0.1, "retain_prob": 0.9},
+        {**cell, "model": "unlearned", "method": "npo", "path": "a", "forget_prob": 0.3, "retain_prob": 0.4},
+        {**cell, "model": "unlearned", "method": "npo", "path": "b", "forget_prob": 0.3, "retain_prob": 0.4},
+    ])
+    flags = flag_collapsed(summary).set_index(["model", "path"])["collapsed"]
+    assert flags[("unlearned", "a")] == 1.0  # both probs below path a's oracle forget prob, 0.5
+    assert flags[("unlearned", "b")] == 0.0  # not below path b's, 0.1

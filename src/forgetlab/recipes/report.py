@@ -99,7 +99,7 @@ def flag_collapsed(summary: pd.DataFrame) -> pd.DataFrame:
     out[COLLAPSED] = np.nan
     if not {"forget_prob", "retain_prob"} <= set(summary.columns):
         return out
-    keys = ["regularizer", "seed", "split"]
+    keys = with_path(["regularizer", "seed", "split"], "path" in summary)  # each path has its own oracle
     oracle = summary.loc[summary["model"] == "oracle", keys + ["forget_prob"]]
     unlearned = summary["model"].isin(["unlearned", SEQUENTIAL])
     level = summary.loc[unlearned, keys].merge(oracle, on=keys, how="left")["forget_prob"].to_numpy(dtype=float)
