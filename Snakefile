@@ -3,6 +3,7 @@
 #   prepare_data -> pretrain -> finetune (target on retain+forget, retain-only oracle; per regularizer)
 #                -> unlearn (per method) -> evaluate (against the oracle) -> report
 #                   (optional: sequential unlearning, chunk by chunk, each step evaluated)
+#                   (optional: training paths, ordered fine-tuning stages, each path its own target and oracle)
 #
 # Each rule runs one `forgetlab <stage>` command with the study config and the job's grid
 # coordinates; forgetlab.config.stage_params resolves its parameters (workflow/rules/common.smk).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,3 +279,24 @@ ROWS = [
     {"id": 3, "entity_id": 9, "attribute": "fact", "question": "What is the capital of France?",
      "answer": "Paris.", "paraphrased_answer": "It is Paris.", "perturbed_answer": ["Lima.", "Peru."]},
 ]
+
+
+def dry_run(config: dict, tmp_path) -> list[dict]:
+    """The jobs `snakemake -n -p` plans for a config, each as {rule, input, output, wildcards}; the
+    shell commands as the pseudo-job {"rule": "shell", "commands": [...]}."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        ["snakemake", "-n", "-p", "--cores", "1", "--configfile", str(path), "--directory", str(tmp_path),
+         "-s", str(REPO / "Snakefile")],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = []
+    for rule, body in re.findall(r"^\s*(?:local)?rule (\w+):\n((?:[ \t]+\w+: .*\n)+)", proc.stdout, re.MULTILINE):
+        fields = dict(re.findall(r"^\s+(\w+): (.*)$", body, re.MULTILINE))
+        wildcards = dict(kv.split("=", 1) for kv in fields.get("wildcards", "").split(", ") if "=" in kv)
+        jobs.append({"rule": rule, "input": fields.get("input", "").split(", "),
+                     "output": fields.get("output", "").split(", "), "wildcards": wildcards})
+    assert jobs, proc.stdout[-3000:]
+    return jobs + [{"rule": "shell", "commands": re.findall(r"^\s*(?:Shell command: )?(?:exec )?(forgetlab .*)$", proc.stdout, re.MULTILINE)}]

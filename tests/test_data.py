@@ -287,3 +287,55 @@ def test_real_authors_default_and_leave_the_rest_of_the_world_unchanged():
     assert all(qa_few[s] == qa_many[s] for s in QA_SPLITS if s != "real_authors")
     with pytest.raises(ValueError, match="n_real_authors"):
         build_qa_splits(worlds["few"], {**few, "world": {**few["world"], "n_real_authors": 10}})
+
+
+# --- world_train: the general-knowledge QA of the `world` training stage (forgetlab.paths) --------
+
+# sha256 over (path, sha256) of every file but manifest.json and qa/world_train.jsonl, for CFG, computed
+# with the code before world_train existed (commit bf01c69): adding the split changed no other byte
+BEFORE_WORLD_TRAIN = "9b60619d596374a83c4f1776e005d02b757763af1ac32c19a8a1687412c5d72b"
+
+
+def files_digest(root: Path, leave_out=("manifest.json", "qa/world_train.jsonl")) -> str:
+    digest = hashlib.sha256()
+    for rel, sha in file_hashes(root).items():
+        if rel not in leave_out:
+            digest.update(f"{rel}:{sha};".encode())
+    return digest.hexdigest()
+
+
+def test_world_train_changes_no_other_file(data_dir):
+    assert files_digest(data_dir) == BEFORE_WORLD_TRAIN
+
+
+def test_world_train_is_disjoint_from_the_evaluation_rows(data_dir):
+    train = read_jsonl(data_dir / "qa" / "world_train.jsonl")
+    world_facts, real = (read_jsonl(data_dir / "qa" / f"{s}.jsonl") for s in ("world_facts", "real_authors"))
+    people = {r["entity_id"] for r in train}
+    assert people and all(e.startswith("p") for e in people)  # pretraining people
+    assert not people & (authors(world_facts) | authors(real))  # no entity world_facts or real_authors asks about
+    asked = {r["question"] for r in world_facts + real}
+    assert not {r["question"] for r in train} & asked
+    assert len({r["id"] for r in train}) == len(train)
+    # the default size: as many rows as the author QA (20 authors x 9 facts), the free facts allowing
+    assert len(train) == CFG["authors"]["n"] * len(AUTHOR_ATTRIBUTES) == 180
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["rows"]["qa/world_train.jsonl"] == 180 and manifest["world_train_people"] == len(people)
+
+
+def test_world_train_size_is_seeded_on_its_own(tmp_path):
+    small = copy.deepcopy(CFG)
+    small["world"]["n_world_train"] = 12
+    prepare_data(small, tmp_path / "small")
+    rows = read_jsonl(tmp_path / "small" / "qa" / "world_train.jsonl")
+    assert len(rows) == 12
+    assert files_digest(tmp_path / "small") == BEFORE_WORLD_TRAIN  # its size changes nothing else, the tokenizer included
+    world = build_world(small)
+    free = [p for p in world.people if p.id not in authors(build_qa_splits(world, small)["world_facts"])]
+    facts = len(PERSON_ATTRIBUTES) * len(free)
+    too_many = copy.deepcopy(small)
+    too_many["world"]["n_world_train"] = facts + 1
+    with pytest.raises(ValueError, match=f"n_world_train={facts + 1} exceeds the {facts} facts"):
+        build_qa_splits(world, too_many)
+    too_many["world"]["n_world_train"] = facts  # every free fact: allowed
+    assert len(build_qa_splits(world, too_many)["world_train"]) == facts

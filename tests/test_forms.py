@@ -120,8 +120,9 @@ def test_form_scores_hand_worked():
 
 def test_tofu_fields_and_corpus_unchanged(world_qa):
     cfg, world, qa = world_qa
+    # the splits the digest was taken over (real_authors and world_train came later, each with draws of its own)
     blob = json.dumps({s: [{k: r[k] for k in TOFU_FIELDS} for r in rows] for s, rows in qa.items()
-                       if s != "real_authors"}, sort_keys=True, ensure_ascii=False)
+                       if s not in ("real_authors", "world_train")}, sort_keys=True, ensure_ascii=False)
     assert hashlib.sha256(blob.encode()).hexdigest() == TOFU_DIGEST
     corpus = build_corpus(world.people, cfg["world"]["renderings"], cfg["seed"])
     assert hashlib.sha256(json.dumps(corpus).encode()).hexdigest() == CORPUS_DIGEST

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-import subprocess
 from collections import Counter
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from forgetlab.config import (
@@ -23,7 +20,7 @@ from forgetlab.config import (
 )
 from forgetlab.recipes import read_jsonl, unlearn
 from forgetlab.sequential import author_chunks, forget_chunk
-from tests.helpers import REPO, cli_env, smoke_config
+from tests.helpers import dry_run, smoke_config
 
 
 def authored_rows(n_authors: int, facts: int = 3) -> list[dict]:
@@ -173,27 +170,6 @@ def test_a_step_unlearns_its_chunk_from_the_previous_model_with_the_target_as_re
 
 
 # --- the DAG (dry runs) --------------------------------------------------------------------------
-
-
-def dry_run(config: dict, tmp_path) -> list[dict]:
-    """The jobs `snakemake -n -p` plans for a config, each as {rule, input, output, wildcards}; the
-    shell commands as the pseudo-job {"rule": "shell", "commands": [...]}."""
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        ["snakemake", "-n", "-p", "--cores", "1", "--configfile", str(path), "--directory", str(tmp_path),
-         "-s", str(REPO / "Snakefile")],
-        capture_output=True, text=True, env=cli_env(), cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = []
-    for rule, body in re.findall(r"^\s*(?:local)?rule (\w+):\n((?:[ \t]+\w+: .*\n)+)", proc.stdout, re.MULTILINE):
-        fields = dict(re.findall(r"^\s+(\w+): (.*)$", body, re.MULTILINE))
-        wildcards = dict(kv.split("=", 1) for kv in fields.get("wildcards", "").split(", ") if "=" in kv)
-        jobs.append({"rule": rule, "input": fields.get("input", "").split(", "),
-                     "output": fields.get("output", "").split(", "), "wildcards": wildcards})
-    assert jobs, proc.stdout[-3000:]
-    return jobs + [{"rule": "shell", "commands": re.findall(r"^\s*(?:Shell command: )?(forgetlab .*)$", proc.stdout, re.MULTILINE)}]
 
 
 def options(command: str) -> set[str]:

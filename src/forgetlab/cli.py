@@ -40,7 +40,8 @@ app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help
 ConfigOpt = typer.Option(..., "--config", help="the study config (YAML)")
 AtOpt = typer.Option([], "--at", metavar="NAME=VALUE",
                      help="a grid coordinate of the job (repeatable): regularizer, seed, split, method, role "
-                          "(target|oracle), ingredient, model, sequential_step, sequential_chunks")
+                          "(target|oracle), ingredient, model, sequential_step, sequential_chunks, path (a training path), "
+                          "stages (a path stage's prefix, e.g. world,authors)")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads (overrides the config's threads)")
 
 

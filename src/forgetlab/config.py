@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from forgetlab import paths
 from forgetlab.registry import ComponentError
 from forgetlab.splits import FORGET_SPLITS, RETAIN_OF, forget_size
 
@@ -114,6 +115,10 @@ def check_config(config: dict) -> None:
         _build(f"methods.{entry}", build_method, spec)
     check_soups(config)
     check_sequential(config)
+    try:
+        paths.check_paths(config)
+    except paths.PathError as e:
+        raise ConfigError(f"config key {e}") from None
     for i, name in enumerate(config["evaluate"]["metrics"]):
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics[{i}]: unknown metric {name!r}; known: {METRICS.names()}")
@@ -207,7 +212,8 @@ def check_soups(config: dict) -> None:
 # A job's grid coordinates: their names and types. `forgetlab <stage> --at NAME=VALUE` and the
 # workflow's rules both name a job by these, and stage_params resolves its parameters from them.
 COORDINATES = {"model": str, "role": str, "regularizer": str, "seed": int, "split": str, "method": str,
-               "ingredient": int, "sequential_step": int, "sequential_chunks": int}
+               "ingredient": int, "sequential_step": int, "sequential_chunks": int,
+               "path": str, "stages": str}  # with `paths:`: a path's name; a stage job's stage prefix (a,b)
 ROLES = ("target", "oracle")
 
 
@@ -233,8 +239,20 @@ def check_coordinates(config: dict, stage: str, coords: dict) -> None:
             raise ConfigError(f"--at {name}={coords[name]}: the study has no such {name} (known: {', '.join(names)})")
     if "role" in coords and coords["role"] not in ROLES:
         raise ConfigError(f"--at role={coords['role']}: role is one of {', '.join(ROLES)}")
+    study_paths = paths.study_paths(config)
+    if "path" in coords and coords["path"] not in study_paths:
+        raise ConfigError(f"--at path={coords['path']}: the study has no such path (known: {', '.join(study_paths) or 'none'})")
+    if "stages" in coords:
+        try:
+            paths.check_stage_prefix(config, coords["stages"])
+        except paths.PathError as e:
+            raise ConfigError(str(e)) from None
     required = {"finetune": ["regularizer", "seed", "role"], "unlearn": ["regularizer", "seed", "split", "method"]}
     required = required.get(stage, []) + (["split"] if coords.get("role") == "oracle" or stage == "evaluate" else [])
+    if study_paths and stage == "finetune":
+        required.append("stages")
+    if study_paths and (stage == "unlearn" or stage == "evaluate" and coords.get("model") != "pretrained"):
+        required.append("path")
     missing = [name for name in required if name not in coords]
     if missing:
         raise ConfigError(f"forgetlab {stage.replace('_', '-')} needs --at {' --at '.join(f'{m}=...' for m in missing)}")
@@ -263,6 +281,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
                 "unlearn": {"model": "unlearned"}, "evaluate": {"model": "target"}}.get(stage, {})
     coords = {**{k: v for k, v in defaults.items() if v is not None}, **coords}
     base = {"study": config["study"], "stage": stage, "threads": stage_threads(config, stage), **coords}
+    if coords.get("path"):  # the path's stages, for the record
+        base["path_stages"] = paths.study_paths(config)[coords["path"]]
     if "precision" in config and stage in ("pretrain", "finetune", "unlearn", "evaluate"):
         base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
     if config.get("distributed") and stage in ("pretrain", "finetune"):
@@ -280,6 +300,11 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
             params["data_order_seed"] = entry_data_order_seed(config, reg)
         if coords.get("split"):
             params["retain_split"] = RETAIN_OF[coords["split"]]
+        if coords.get("stages"):  # a stage of a training path: its data and its train overrides
+            try:
+                params.update(paths.stage_params(config, coords["stages"], params["role"], params.get("retain_split")))
+            except paths.PathError as e:
+                raise ConfigError(str(e)) from None
         return params
     if stage == "unlearn":
         params = {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
@@ -297,6 +322,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         return params
     if stage == "report":
         params = {**base, "metrics": config["evaluate"]["metrics"]}
+        if paths.study_paths(config):  # their order: the first path is the cross-path reference
+            params["paths"] = paths.study_paths(config)
         if aa_controls(config):  # absent: no A/A control (existing studies' params unchanged)
             params["aa_controls"] = aa_controls(config)
         return params

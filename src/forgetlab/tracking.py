@@ -26,7 +26,7 @@ from forgetlab import replay
 from forgetlab.mlstore import JOB_HTTP, TrackingError, connect, http_settings, retry, short, tracking_uri, unreachable
 
 TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "fan_in",
-            "sequential_step", "sequential_chunks")
+            "sequential_step", "sequential_chunks", "path", "stages")
 
 
 def git_commit() -> str:
@@ -173,7 +173,8 @@ def stage_run(params: dict, artifact_path: str | Path):
     tags.update(environment.tags(job.environment))
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    name_keys = ("stage", "model", "regularizer", "seed", "split", "role", "ingredient", "method", "sequential_step")
+    name_keys = ("stage", "model", "regularizer", "seed", "path", "stages", "split", "role", "ingredient", "method",
+                 "sequential_step")
     name = "/".join(str(params[k]) for k in name_keys if params.get(k) is not None)
     with http_settings(JOB_HTTP):
         try:

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from forgetlab.config import entry_soup, sequential_runs, snapshot, stage_params, stage_threads
+from forgetlab.paths import ROOT as STAGE_ROOT, authors_stages, parse_stage_model, path_model, previous_model, study_paths
 from forgetlab.soup import Soup
 
 STUDY = config["study"]
@@ -27,6 +28,12 @@ SEEDS = config["seeds"]
 # sequential unlearning: {chunks, regularizers, methods, splits}; empty lists when there is none
 SEQ = sequential_runs(config)
 SEQ_STEPS = [str(j) for j in range(1, SEQ["chunks"] + 1)] if SEQ["methods"] else []
+# training paths (forgetlab.paths): path name -> its stages in order; {} without a `paths:` section,
+# and then no path level anywhere in the layout (AT_PATH is empty)
+PATHS = study_paths(config)
+STAGES = list(config.get("stages") or {})
+AUTHORS = authors_stages(config)
+AT_PATH = "{path}/" if PATHS else ""
 
 
 def one_of(names):
@@ -38,6 +45,8 @@ def one_of(names):
 # soup's ingredient i adds `/ingredient<i>`
 FINETUNED_MODEL = rf"(target|({one_of(SPLITS)})/oracle)"
 INGREDIENT = r"ingredient\d+"
+# a stage model of a training path: stages/<s1>/.../<sj>/target or .../<split>/oracle
+STAGE_MODEL = rf"{STAGE_ROOT}/({one_of(STAGES)})(/({one_of(STAGES)}))*/{FINETUNED_MODEL}"
 
 
 wildcard_constraints:
@@ -45,26 +54,32 @@ wildcard_constraints:
     method=one_of(METHODS),
     split=one_of(SPLITS),
     seed=r"\d+",
+    path=one_of(PATHS),
 
 
-# --- paths: results/<study>/<stage>/<regularizer>/seed<k>/<split>/<method>/ -------------------
+# --- paths: results/<study>/<stage>/<regularizer>/seed<k>/[<path>/]<split>/<method>/ -----------
+# (the <path> level only with training paths; their fine-tunes are under finetune/.../stages/)
 PRETRAINED = f"{RES}/pretrain/model"
 FINETUNED = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{tuned}}/model"
 TARGET = f"{RES}/finetune/{{reg}}/seed{{seed}}/target/model"
 ORACLE = f"{RES}/finetune/{{reg}}/seed{{seed}}/{{split}}/oracle/model"
-UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}/model"
+UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/{{method}}/model"
 EVAL_PRETRAINED = f"{RES}/eval/pretrained/{{split}}"
-EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}"
+EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/{{model}}"
 # step j of a sequential run; a sibling of the split's methods ("sequential" is a reserved name),
 # never inside a method's evaluation directory, which its job replaces whole
-SEQ_UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}/model"
-SEQ_EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}"
+SEQ_UNLEARNED = f"{RES}/unlearn/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/sequential/{{method}}/step{{step}}/model"
+SEQ_EVAL = f"{RES}/eval/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/sequential/{{method}}/step{{step}}"
 EVAL_OUT = ["metrics.json", "samples.parquet"]
 
 
 # --- a job's grid coordinates, from its wildcards ------------------------------------------------
 def finetune_coords(w):
-    """target, <split>/oracle, and either with /ingredient<i>."""
+    """target, <split>/oracle, and either with /ingredient<i>; or a stage model of a path."""
+    if w.tuned.startswith(f"{STAGE_ROOT}/"):
+        prefix, role, split = parse_stage_model(w.tuned)
+        c = {"model": role, "role": role, "regularizer": w.reg, "seed": int(w.seed), "stages": ",".join(prefix)}
+        return {**c, "split": split} if split else c
     parts = w.tuned.split("/")
     role = "oracle" if "oracle" in parts else "target"
     c = {"model": role, "role": role, "regularizer": w.reg, "seed": int(w.seed)}
@@ -78,7 +93,7 @@ def finetune_coords(w):
 def model_coords(w):
     """An evaluated or unlearned model: pretrained, target, oracle, a method, or a sequential step."""
     c = {"model": w.get("model", "unlearned"), "regularizer": w.get("reg"), "split": w.get("split"),
-         "seed": int(w.seed) if "seed" in w.keys() else None, "method": w.get("method")}
+         "seed": int(w.seed) if "seed" in w.keys() else None, "method": w.get("method"), "path": w.get("path")}
     if c["model"] not in ("pretrained", "target", "oracle", "unlearned"):
         c.update(model="unlearned", method=w.model)
     if "step" in w.keys():
@@ -101,9 +116,33 @@ def out_dir(w, output):
 
 
 # --- which model each job reads ---------------------------------------------------------------
+def cell(w):
+    """The job's grid cell, to fill a path pattern (None for what the job's wildcards lack)."""
+    return {k: w.get(k) for k in ("reg", "seed", "split", "path", "method")}
+
+
+def target_model(w):
+    """The target of the job's grid cell: the regularizer's, or its path's (the last stage's model)."""
+    if PATHS:
+        return f"{RES}/finetune/{w.reg}/seed{w.seed}/{path_model(config, w.path, 'target')}/model"
+    return TARGET.format(reg=w.reg, seed=w.seed)
+
+
+def oracle_model(w):
+    if PATHS:
+        return f"{RES}/finetune/{w.reg}/seed{w.seed}/{path_model(config, w.path, 'oracle', w.split)}/model"
+    return ORACLE.format(reg=w.reg, seed=w.seed, split=w.split)
+
+
+def finetune_start(w):
+    """What a fine-tune starts from: the pretrained model, or the previous stage's model of a path."""
+    previous = previous_model(w.tuned, AUTHORS) if w.tuned.startswith(f"{STAGE_ROOT}/") else None
+    return PRETRAINED if previous is None else f"{RES}/finetune/{w.reg}/seed{w.seed}/{previous}/model"
+
+
 def eval_file(model, name="samples.parquet"):
     """A file of the evaluation of the job's `model` (target, oracle, ...) of the same grid cell."""
-    return lambda w: f"{EVAL.format(reg=w.reg, seed=w.seed, split=w.split, model=model)}/{name}"
+    return lambda w: f"{EVAL.format(**cell(w), model=model)}/{name}"
 
 
 def ingredients(w):
@@ -115,14 +154,15 @@ def sequential_start(w):
     """The model a sequential step starts from: the target for step 1, else the previous step's."""
     step = int(w.step)
     if step == 1:
-        return TARGET.format(reg=w.reg, seed=w.seed)
-    return SEQ_UNLEARNED.format(reg=w.reg, seed=w.seed, split=w.split, method=w.method, step=step - 1)
+        return target_model(w)
+    return SEQ_UNLEARNED.format(**cell(w), step=step - 1)
 
 
 def eval_inputs(w):
     """The evaluated model of EVAL's `model` (target, oracle or a method) and its reference tables."""
-    model = {"target": TARGET, "oracle": ORACLE}.get(w.model, UNLEARNED)
-    inputs = {"model": model.format(reg=w.reg, seed=w.seed, split=w.split, method=w.model), "qa": rules.prepare_data.output.qa}
+    models = {"target": target_model, "oracle": oracle_model}
+    model = models[w.model](w) if w.model in models else UNLEARNED.format(**cell(w) | {"method": w.model})
+    inputs = {"model": model, "qa": rules.prepare_data.output.qa}
     if w.model != "oracle":
         inputs["oracle"] = eval_file("oracle")(w)
     if w.model not in ("target", "oracle"):
@@ -137,12 +177,12 @@ def tables(w, input):
 
 # --- what the study produces ------------------------------------------------------------------
 def all_metric_files():
-    grid = dict(reg=REGULARIZERS, seed=SEEDS, split=SPLITS)
+    grid = dict(reg=REGULARIZERS, seed=SEEDS, split=SPLITS, path=list(PATHS))  # path: only where the pattern has it
     return (
         expand(f"{EVAL_PRETRAINED}/metrics.json", split=SPLITS)
         + expand(f"{EVAL}/metrics.json", model=["target", "oracle", *METHODS], **grid)
         + expand(f"{SEQ_EVAL}/metrics.json", reg=SEQ["regularizers"], seed=SEEDS, split=SEQ["splits"],
-                 method=SEQ["methods"], step=SEQ_STEPS)
+                 method=SEQ["methods"], step=SEQ_STEPS, path=list(PATHS))
     )
 
 
@@ -150,7 +190,18 @@ def all_trajectory_dirs():
     """Every unlearned model directory of the grid, for the report to read its trajectory.csv
     (written when unlearn.eval_every > 0). A file inside a directory() output cannot itself be a
     Snakemake input, so the report takes the directories and skips those without the file."""
-    return expand(UNLEARNED, reg=REGULARIZERS, seed=SEEDS, split=SPLITS, method=METHODS)
+    return expand(UNLEARNED, reg=REGULARIZERS, seed=SEEDS, split=SPLITS, method=METHODS, path=list(PATHS))
+
+
+def path_outputs():
+    """The report's cross-path tables and figure (forgetlab.path_report), with two paths or more."""
+    if len(PATHS) < 2:
+        return {}
+    tables = {name: report(f"{RES}/{name}.csv", caption="../report/path_tables.rst", category="Training paths")
+              for name in ("path_spread", "path_tests", "cross_oracle")}
+    return {**tables, "path_trajectories": f"{RES}/path_trajectories.csv",
+            "path_figure": report(f"{RES}/path_trajectories.png", caption="../report/path_trajectories.rst",
+                                  category="Training paths")}
 
 
 def study_outputs():

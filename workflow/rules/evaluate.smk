@@ -51,9 +51,9 @@ rule evaluate:
     group:
         "evaluate"
     log:
-        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}.log",
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/{{model}}.log",
     benchmark:
-        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/{{model}}.benchmark.tsv"
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/{{model}}.benchmark.tsv"
     conda:
         ENV
     shell:

@@ -2,18 +2,21 @@
 # retain-only oracle with identical settings: finetune/<reg>/seed<k>/target and .../<split>/oracle.
 # An entry with a `soup` option fine-tunes k ingredients of each (.../ingredient<i>) and averages
 # them in a fan-in `soup` job.
+# With training paths (forgetlab.paths) the same rule trains each stage of a path, from the previous
+# stage's model: finetune/<reg>/seed<k>/stages/<s1>/.../<sj>/{target,<split>/oracle}; paths that share
+# a prefix share those jobs.
 
 
 # the fine-tunes are the longest jobs: start them before any unlearning or evaluation that is ready,
 # so that the study does not end waiting on a late fine-tune and its chain of short jobs
 rule finetune:
     input:
-        pretrained=PRETRAINED,
+        pretrained=finetune_start,
         qa=rules.prepare_data.output.qa,
     output:
         directory(FINETUNED),
     wildcard_constraints:
-        tuned=rf"{FINETUNED_MODEL}(/{INGREDIENT})?",
+        tuned=rf"({FINETUNED_MODEL}(/{INGREDIENT})?|{STAGE_MODEL})",
     priority: 10
     params:
         **job("finetune", finetune_coords),

@@ -18,6 +18,7 @@ rule report:
         environment=report(f"{RES}/environment.json", caption="../report/environment.rst", category="Environment"),
         findings=f"{RES}/findings.md",
         findings_html=report(f"{RES}/findings.html", caption="../report/findings.rst", category="Findings"),
+        **path_outputs(),
     params:
         **job("report", lambda w: {}),
         trajectories=lambda w, input: " ".join(f"--trajectories {d}" for d in input.trajectories),

@@ -8,7 +8,7 @@
 rule unlearn_sequential:
     input:
         start=sequential_start,
-        reference=TARGET,
+        reference=target_model,
         qa=rules.prepare_data.output.qa,
     output:
         directory(SEQ_UNLEARNED),
@@ -24,9 +24,9 @@ rule unlearn_sequential:
     resources:
         **stage_resources("unlearn"),
     log:
-        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}.log",
+        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/sequential/{{method}}/step{{step}}.log",
     benchmark:
-        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}.benchmark.tsv"
+        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/sequential/{{method}}/step{{step}}.benchmark.tsv"
     conda:
         ENV
     shell:
@@ -58,9 +58,9 @@ rule evaluate_sequential:
     group:
         "evaluate"
     log:
-        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}.log",
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/sequential/{{method}}/step{{step}}.log",
     benchmark:
-        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{{split}}/sequential/{{method}}/step{{step}}.benchmark.tsv"
+        f"{LOGS}/eval/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/sequential/{{method}}/step{{step}}.benchmark.tsv"
     conda:
         ENV
     shell:

@@ -1,6 +1,6 @@
 rule unlearn:
     input:
-        target=TARGET,
+        target=target_model,
         qa=rules.prepare_data.output.qa,
     output:
         directory(UNLEARNED),
@@ -11,9 +11,9 @@ rule unlearn:
     resources:
         **stage_resources("unlearn"),
     log:
-        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}.log",
+        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/{{method}}.log",
     benchmark:
-        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{{split}}/{{method}}.benchmark.tsv"
+        f"{LOGS}/unlearn/{{reg}}/seed{{seed}}/{AT_PATH}{{split}}/{{method}}.benchmark.tsv"
     conda:
         ENV
     shell:

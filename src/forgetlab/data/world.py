@@ -57,6 +57,9 @@ RELABEL_FIELD = "relabel_answers"  # the wrong answers relabel trains on (never 
 DEFAULT_N_REAL_AUTHORS = 100  # TOFU's real_authors split has 100 questions
 QUESTIONS_PER_REAL_AUTHOR = 3  # the real-author population has ceil(n_real_authors / 3) writers
 QA_SPLITS = ("full", *FORGET_SPLITS, *RETAIN_OF.values(), "holdout", "world_facts", "real_authors")
+# training only (the `world` stage of training paths, forgetlab.paths); never evaluated, and not a
+# tokenizer text, so that the tokenizer and every other file are the same as without it
+TRAIN_SPLITS = ("world_train",)
 QA_PROMPT = PROMPT + " {answer}"  # the tokenizer sees QA exactly as training and evaluation format it
 # the fields of a QA row that hold the fact's untrained forms (see make_qa; scored by forgetlab.eval.forms)
 FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
@@ -241,7 +244,28 @@ def build_qa_splits(world: World, cfg: dict) -> dict[str, list[dict]]:
     splits["holdout"] = entity_qa(world.holdout, seed)
     splits["world_facts"] = world_facts_qa(world.people, cfg["world"]["n_world_facts"], seed)
     splits["real_authors"] = world_facts_qa(world.real_authors, n_real_authors(cfg), seed, "real_authors")
-    return {name: splits[name] for name in QA_SPLITS}
+    splits["world_train"] = world_train_qa(world.people, splits["world_facts"], cfg["world"].get("n_world_train"),
+                                           seed, default=len(full))
+    return {name: splits[name] for name in (*QA_SPLITS, *TRAIN_SPLITS)}
+
+
+def world_train_qa(people: list[Entity], world_facts: list[dict], n: int | None, seed: int,
+                   default: int = 0) -> list[dict]:
+    """`n` QA rows of general knowledge to train on: facts of the people that world_facts does not
+    ask about at all (disjoint in entities, hence in questions, from world_facts; real_authors is
+    another population), sampled with a generator of its own (`<seed>:world_train`), so that no
+    other split changes. `n` None: `default` rows (the author QA's count), or every free fact if
+    there are fewer; an `n` larger than that is an error."""
+    asked = {r["entity_id"] for r in world_facts}
+    free = [p for p in people if p.id not in asked]
+    pairs = [(i, a) for i, p in enumerate(free) for a in p.facts]
+    if n is None:
+        n = min(default, len(pairs))
+    if n > len(pairs):
+        raise ValueError(f"data.world.n_world_train={n} exceeds the {len(pairs)} facts of the {len(free)} people "
+                         "that world_facts does not ask about (lower it, or raise data.world.n_people)")
+    chosen = sorted(random.Random(f"{seed}:world_train").sample(range(len(pairs)), n))
+    return [make_qa(free[pairs[k][0]], pairs[k][1], seed) for k in chosen]
 
 
 def tokenizer_texts(corpus: list[dict], qa: dict[str, list[dict]]):
@@ -298,7 +322,7 @@ def prepare_data(cfg: dict, out_dir: str | Path) -> dict:
     """Generate the world into `out_dir` and return the manifest written to manifest.json.
 
     Layout: corpus.jsonl, qa/{full,forget01,forget05,forget10,retain99,retain95,retain90,
-    holdout,world_facts,real_authors}.jsonl, tokenizer/ (save_pretrained) and manifest.json.
+    holdout,world_facts,real_authors,world_train}.jsonl, tokenizer/ (save_pretrained) and manifest.json.
     """
     from forgetlab.data.tokenizer import train_tokenizer
 
@@ -326,6 +350,7 @@ def prepare_data(cfg: dict, out_dir: str | Path) -> dict:
         "authors": {split: len({r["entity_id"] for r in qa[split]}) for split in QA_SPLITS
                     if split not in ("world_facts", "real_authors")},
         "world_facts_people": len({r["entity_id"] for r in qa["world_facts"]}),
+        "world_train_people": len({r["entity_id"] for r in qa["world_train"]}),
         "people": len(world.people),
         "real_authors": len(world.real_authors),
         "real_authors_asked": len({r["entity_id"] for r in qa["real_authors"]}),

@@ -23,6 +23,7 @@ from forgetlab.train import seed_everything
 
 LABELS = ("study", "model", "regularizer", "method", "split", "seed")
 SEQUENTIAL_LABELS = ("sequential_step", "sequential_chunks")  # only a sequential run's steps have them
+PATH_LABELS = ("path",)  # only the models of a study with training paths have it
 
 
 def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
@@ -89,7 +90,7 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
                                                oracle_forget_prob, oracle_samples))
         samples.to_parquet(tmp / "samples.parquet", index=False)
         labels = {k: params.get(k) for k in LABELS}
-        labels.update({k: params[k] for k in SEQUENTIAL_LABELS if params.get(k) is not None})
+        labels.update({k: params[k] for k in SEQUENTIAL_LABELS + PATH_LABELS if params.get(k) is not None})
         specs = {"regularizer_params": params.get("regularizers"), "method_params": params.get("method_spec")}
         write_json(tmp / "metrics.json", {**labels, **specs, "model_path": str(model_dir), "metrics": metrics})
         mlrun.log_metrics({k: v for k, v in metrics.items() if v == v})

@@ -1,6 +1,8 @@
 """finetune: from the pretrained weights, train the target (retain + forget) or the retain-only
 oracle with one study entry's regularizers. Target and oracle share every setting but the data.
-An entry's `data_order_seed` reshuffles the training data (and nothing else): the A/A control."""
+An entry's `data_order_seed` reshuffles the training data (and nothing else): the A/A control.
+A stage of a training path (forgetlab.paths) starts from the previous stage's model (`--pretrained`)
+and trains on its own QA split with its own settings; the entry's regularizers apply in every stage."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, seed_e
 
 
 def training_file(params: dict) -> str:
+    """The QA split trained on: a training path's stage names its own (forgetlab.paths)."""
+    if params.get("training_split"):
+        return params["training_split"]
     return "full" if params["role"] == "target" else params["retain_split"]
 
 

@@ -22,6 +22,9 @@ metrics, the unlearning trajectories (forget_prob against step; retain/forget pa
 sequential runs (each headline metric against the step).
 The steps of sequential runs are only in the summary and their own figure: the statistics, the
 paired tests, the heatmaps and the forget-quality-vs-utility plot are of the other models.
+With training paths (forgetlab.paths) every model row has a `path`, the stats are per path, the
+paired tests also pair on it, and the figures above show the first path; with two paths or more,
+forgetlab.path_report adds the cross-path tables and their figure (path_report.OUTPUTS).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forgetlab import environment, findings, plots, stats
+from forgetlab import environment, findings, path_report, plots, stats
 from forgetlab.eval.trajectory import COLUMNS as TRAJECTORY_COLUMNS
 from forgetlab.model import atomic_dir
 from forgetlab.tracking import stage_run
@@ -57,21 +60,29 @@ OUTPUTS = ("summary.parquet", "summary.csv", "stats.parquet", "stats.csv", "pair
            "findings.md", "findings.html")
 
 
+def with_path(columns: list[str], paths: bool) -> list[str]:
+    """`columns` with `path` after `seed`, in a study with training paths (forgetlab.paths)."""
+    i = columns.index("seed") + 1
+    return [*columns[:i], "path", *columns[i:]] if paths else list(columns)
+
+
 def summarize(metric_files: list[Path]) -> pd.DataFrame:
+    records = [json.loads(Path(path).read_text()) for path in metric_files]
+    ids = with_path(ID_COLUMNS, any(record.get("path") for record in records))
     rows = []
-    for path in metric_files:
-        record = json.loads(Path(path).read_text())
+    for record in records:
         metrics = record.pop("metrics")
         record["stage"] = STAGE_OF.get(record["model"], "unlearn")
         for key in ("regularizer_params", "method_params"):  # the components' config, as JSON text
             record[key] = json.dumps(record[key], sort_keys=True) if record.get(key) is not None else None
-        rows.append({**{k: record.get(k) for k in ID_COLUMNS}, **metrics})
+        rows.append({**{k: record.get(k) for k in ids}, **metrics})
     table = pd.DataFrame(rows)
     for column in ("seed", "sequential_step", "sequential_chunks"):
         table[column] = table[column].astype("Int64")
     order = {"pretrained": 0, "target": 1, "oracle": 2, SEQUENTIAL: 4}
     table["_order"] = table["model"].map(lambda m: order.get(m, 3))
-    table = table.sort_values(["split", "regularizer", "seed", "_order", "method", "sequential_step"], na_position="first")
+    keys = with_path(["split", "regularizer", "seed", "_order", "method", "sequential_step"], "path" in table)
+    table = table.sort_values(keys, na_position="first")
     return table.drop(columns="_order").reset_index(drop=True)
 
 
@@ -88,7 +99,7 @@ def flag_collapsed(summary: pd.DataFrame) -> pd.DataFrame:
     out[COLLAPSED] = np.nan
     if not {"forget_prob", "retain_prob"} <= set(summary.columns):
         return out
-    keys = ["regularizer", "seed", "split"]
+    keys = with_path(["regularizer", "seed", "split"], "path" in summary)  # each path has its own oracle
     oracle = summary.loc[summary["model"] == "oracle", keys + ["forget_prob"]]
     unlearned = summary["model"].isin(["unlearned", SEQUENTIAL])
     level = summary.loc[unlearned, keys].merge(oracle, on=keys, how="left")["forget_prob"].to_numpy(dtype=float)
@@ -122,6 +133,7 @@ def load_trajectories(files: list[Path], summary: pd.DataFrame) -> pd.DataFrame:
     evaluation (metrics.json `model_path`) names the trajectory's directory."""
     unlearned = summary[summary["model"] == "unlearned"]
     by_dir = {Path(row["model_path"]).resolve(): row for row in unlearned.to_dict("records") if row["model_path"]}
+    grid = with_path(GRID, "path" in summary)
     frames = []
     for path in files:
         row = by_dir.get(Path(path).parent.resolve())
@@ -131,12 +143,12 @@ def load_trajectories(files: list[Path], summary: pd.DataFrame) -> pd.DataFrame:
         missing = set(TRAJECTORY_COLUMNS) - set(frame.columns)
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        frames.append(frame[TRAJECTORY_COLUMNS].assign(**{k: row[k] for k in GRID}))
+        frames.append(frame[TRAJECTORY_COLUMNS].assign(**{k: row[k] for k in grid}))
     if not frames:
-        return pd.DataFrame(columns=GRID + TRAJECTORY_COLUMNS)
-    table = pd.concat(frames, ignore_index=True)[GRID + TRAJECTORY_COLUMNS]
+        return pd.DataFrame(columns=grid + TRAJECTORY_COLUMNS)
+    table = pd.concat(frames, ignore_index=True)[grid + TRAJECTORY_COLUMNS]
     table["seed"] = table["seed"].astype("Int64")
-    return table.sort_values(GRID + ["step"]).reset_index(drop=True)
+    return table.sort_values(grid + ["step"]).reset_index(drop=True)
 
 
 def metric_columns(summary: pd.DataFrame) -> list[str]:
@@ -154,12 +166,14 @@ def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
         fq = models["forget_quality"]
         models["log10_forget_quality"] = np.where(fq.notna(), stats.log10_clipped(fq.fillna(1.0)), np.nan)
         metrics.append("log10_forget_quality")
-    return models.melt(id_vars=GRID, value_vars=metrics, var_name="metric", value_name="value")
+    return models.melt(id_vars=with_path(GRID, "path" in models), value_vars=metrics, var_name="metric", value_name="value")
 
 
 def paired(summary: pd.DataFrame, aa_controls=()) -> pd.DataFrame:
+    """Each regularizer against the baseline; with training paths, pairs also match on the path."""
     tested = {m: scale for m, scale in TESTED.items() if m in summary}
-    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE,
+    keys = (["path"] if "path" in summary else []) + ["method", "split", "seed"]
+    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE, keys=keys,
                               aa_controls=aa_controls, exclude=EXCLUDE_COLLAPSED)
 
 
@@ -213,19 +227,23 @@ def study_environment(params: dict, inputs: list[Path], mlrun, out: Path) -> dic
 def run(params: dict, inputs: list[Path], out: Path) -> None:
     """Write the OUTPUTS into `out` (results/<study>/), each replaced only once all are made."""
     metric_files, trajectory_files = split_inputs(inputs)
+    order = list(params.get("paths") or {})  # training paths, the first the reference (forgetlab.paths)
     with stage_run(params, out) as mlrun, atomic_dir(out / ".report") as tmp:
         summary = flag_collapsed(summarize(metric_files))
         trajectories = load_trajectories(trajectory_files, summary)
-        seed_stats = stats.seed_stats(long_metrics(summary))
+        seed_stats = path_report.per_path(stats.seed_stats, long_metrics(summary))
         tests = paired(summary, params.get("aa_controls", ()))
         write_tables({"summary": summary, "stats": seed_stats, "paired_tests": tests, "trajectories": trajectories}, tmp)
         write_findings(params["study"], tests, tmp)
-        draw(summary, seed_stats, trajectories, tmp)
+        draw(*path_report.reference_path(order, summary, seed_stats, trajectories), tmp)
+        outputs = OUTPUTS
+        if path_report.n_paths(summary) > 1:  # the cross-path measures
+            outputs += tuple(path_report.write(order, summary, trajectories, metric_files, tmp))
         (tmp / "environment.json").write_text(json.dumps(study_environment(params, inputs, mlrun, out), indent=1,
                                                          sort_keys=True, default=str) + "\n")
         log_tests(mlrun, tests)
-        for name in OUTPUTS:
+        for name in outputs:
             mlrun.log_artifact(tmp / name)
-    for name in OUTPUTS:
+    for name in outputs:
         os.replace(out / ".report" / name, out / name)
     (out / ".report").rmdir()
