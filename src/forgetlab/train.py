@@ -64,6 +64,7 @@ class TrainConfig:
     betas: tuple[float, float] | list = (0.9, 0.95)  # AdamW's (beta1, beta2)
     group_by_length: bool = False  # batches of similar-length examples (Loader); False: plain shuffled batches
     length_megabatch: int = 50  # group_by_length sorts within runs of length_megabatch * batch_size examples
+    fused_adamw: bool = False  # torch's fused AdamW kernel (HF Trainer's default): faster, not bit-identical
     sync_every: int | None = None  # optimizer steps between host syncs (loss check, logging); None: 1 on CPU, 16 else
 
     def __post_init__(self):  # the ranges of these settings: the study config's schema ($defs/train)
@@ -305,7 +306,7 @@ def train(
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
     for hook in hooks:
         groups = hook.param_groups(model, groups)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True if cfg.fused_adamw else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule))
     parts = (model, optimizer, scheduler, batches, ctx, hooks, log)
