@@ -166,6 +166,23 @@ def test_every_stateful_hook_resumes_bit_identical(name, smoke_data, tiny_model_
                                       pd.read_parquet(tmp_path / "resumed/trajectory_samples.parquet"))
 
 
+@pytest.mark.parametrize("stage, entry", [("finetune", [{"name": "dropout"}]), ("unlearn", {"name": "npo"})])
+def test_grouped_batches_and_batched_syncs_resume_bit_identical(stage, entry, smoke_data, tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    """group_by_length's data order and sync_every's steps not yet read (flushed before each checkpoint)."""
+    monkeypatch.chdir(tmp_path)
+    extra = {"eval_every": 4} if stage == "unlearn" else {}
+    params = job(stage, entry, max_steps=12, checkpoint_every=5, group_by_length=True, length_megabatch=2,
+                 sync_every=3, **extra)
+    for db, out, crash in (("a", "reference", None), ("b", "resumed", 2)):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / db}.db")
+        if crash:
+            assert not run_recipe(stage, params, tiny_model_dir, smoke_data, tmp_path / out, crash_after=crash)
+        assert run_recipe(stage, params, tiny_model_dir, smoke_data, tmp_path / out)
+    assert_same_weights(tmp_path / "reference", tmp_path / "resumed")
+    assert_same_history(tmp_path / "a.db", tmp_path / "b.db")
+
+
 def test_a_checkpoint_for_other_params_is_discarded(smoke_data, tiny_model_dir, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")

@@ -156,10 +156,33 @@ def test_adamw_gets_the_configured_betas_weight_decay_and_schedule(betas, weight
     assert abs(expected - other).max() > 1e-3  # the betas matter for these gradients
 
 
+def test_fused_adamw_is_the_same_update():
+    """fused_adamw: torch's fused kernel, checked against the numpy AdamW like the default one."""
+    grads = [[0.3, -0.2], [-0.1, 0.4], [0.25, 0.05]]
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.5, -1.0]]))
+    cfg = TrainConfig(epochs=1, batch_size=1, lr=0.1, schedule="constant", warmup_ratio=0.0, weight_decay=0.01,
+                      fused_adamw=True)
+    kinds = []
+
+    class Spy(Hooks):
+        def before_step(self, m, step, opt):
+            kinds.append(opt.param_groups[0]["fused"])
+
+    train(model, lambda m, b: ((m.weight * b["g"]).sum(), {}), iter([{"g": torch.tensor([g])} for g in grads]),
+          steps=3, cfg=cfg, hooks=[Spy()])
+    assert kinds == [True] * 3
+    expected = _adamw_numpy([0.5, -1.0], grads, [0.1] * 3, (0.9, 0.95), 0.01)
+    assert model.weight.detach().double().flatten().numpy() == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.parametrize("section, key, value", [
     ("unlearn", "schedule", "exponential"), ("unlearn", "betas", [0.9, 1.5]), ("unlearn", "betas", [0.9, 0.99, 0.999]),
     ("finetune", "betas", "0.9,0.95"), ("unlearn", "weight_decay", -0.01), ("pretrain", "schedule", 1),
     ("finetune", "warmup_ratio", 1.5), ("unlearn", "min_lr_ratio", float("nan")), ("unlearn", "betas", [-0.1, 0.9]),
+    ("finetune", "group_by_length", "yes"), ("unlearn", "length_megabatch", 0), ("pretrain", "sync_every", 0),
+    ("finetune", "fused_adamw", 1),
 ])
 def test_config_schema_rejects_bad_loop_keys_naming_them(section, key, value):
     """The loop settings' ranges live in the schema alone ($defs/train), for every train section."""

@@ -62,6 +62,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only on SIGTERM)
     schedule: str = "cosine"  # after warm-up: cosine | linear (decay to min_lr_ratio * lr) | constant
     betas: tuple[float, float] | list = (0.9, 0.95)  # AdamW's (beta1, beta2)
+    group_by_length: bool = False  # batches of similar-length examples (Loader); False: plain shuffled batches
+    length_megabatch: int = 50  # group_by_length sorts within runs of length_megabatch * batch_size examples
+    fused_adamw: bool = False  # torch's fused AdamW kernel (HF Trainer's default): faster, not bit-identical
+    sync_every: int | None = None  # optimizer steps between host syncs (loss check, logging); None: 1 on CPU, 16 else
 
     def __post_init__(self):  # the ranges of these settings: the study config's schema ($defs/train)
         self.betas = tuple(float(b) for b in self.betas)
@@ -94,12 +98,20 @@ class Loader:
     row (e.g. {"forget": qa, "idk": refusal}); a batch of the latter is a dict of padded views.
     Each `iter(loader)` is a new `Batches` iterator that starts a new epoch; all of them draw their
     permutations from the loader's one seeded generator. `state_dict` is that generator's state.
+
+    Each batch is padded to its own longest example. With `group_by_length` an epoch is a random
+    permutation cut into runs of `megabatch` * batch_size examples, each run sorted by length
+    (longest first) and cut into batches, and the full batches then shuffled (the one short batch,
+    if any, stays last), so a batch holds examples of similar length and little padding.
     """
 
-    def __init__(self, examples: Sequence[dict], batch_size: int, pad_id: int, seed: int, device="cpu"):
+    def __init__(self, examples: Sequence[dict], batch_size: int, pad_id: int, seed: int, device="cpu",
+                 group_by_length: bool = False, megabatch: int = 50):
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.pad_id, self.device = examples, batch_size, pad_id, device
+        self.group_by_length, self.megabatch = group_by_length, megabatch
+        self.lengths = [length(e) for e in examples] if group_by_length else None
         self.generator = torch.Generator().manual_seed(seed)
         self.iterators = weakref.WeakSet()  # the live iterators, checked when checkpointing
         self.snapshots = 0  # checkpoints collected over this loader (forgetlab.checkpoint.snapshot)
@@ -109,6 +121,19 @@ class Loader:
 
     def __iter__(self) -> "Batches":
         return Batches(self)
+
+    def epoch_order(self) -> list[int]:
+        """The next epoch's order of example indices; consecutive batch_size chunks are its batches."""
+        order = torch.randperm(len(self.examples), generator=self.generator).tolist()
+        if not self.group_by_length:
+            return order
+        run, bs = self.megabatch * self.batch_size, self.batch_size
+        ranked = []
+        for i in range(0, len(order), run):
+            ranked += sorted(order[i : i + run], key=lambda j: -self.lengths[j])  # stable: ties keep the random order
+        full = len(ranked) // bs
+        batches = [ranked[b * bs : (b + 1) * bs] for b in torch.randperm(full, generator=self.generator).tolist()]
+        return [j for batch in batches for j in batch] + ranked[full * bs :]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -126,6 +151,13 @@ class Loader:
         return {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
 
 
+def length(example: dict) -> int:
+    """An example's length in tokens: of its encoding, or of its longest view."""
+    if "input_ids" in example:
+        return len(example["input_ids"])
+    return max(len(view["input_ids"]) for view in example.values())
+
+
 class Batches:
     """An iterator over a Loader whose position (the current permutation and the index in it, and
     the loader's generator) is restorable: a checkpoint resumes the data order exactly."""
@@ -139,7 +171,7 @@ class Batches:
 
     def __next__(self) -> dict:
         if self.order is None or self.index >= len(self.order):  # a new epoch, drawn when first needed
-            self.order = torch.randperm(len(self.loader.examples), generator=self.loader.generator).tolist()
+            self.order = self.loader.epoch_order()
             self.index = 0
         chunk = self.order[self.index : self.index + self.loader.batch_size]
         self.index += len(chunk)
@@ -184,6 +216,63 @@ def paired(primary: Loader, secondary: Loader | None) -> Paired:
     return Paired(primary, secondary)
 
 
+def sync_every(cfg: TrainConfig, device: torch.device) -> int:
+    """Optimizer steps between the loop's host syncs: cfg.sync_every, else every step on the CPU
+    (where reading a value costs nothing) and every 16 on an accelerator."""
+    if cfg.sync_every is not None:
+        return cfg.sync_every
+    return 1 if device.type == "cpu" else 16
+
+
+class Pending:
+    """The steps whose loss, loss parts and grad norm are still on the device: `flush` reads them
+    all in one sync, stops on the first NaN/inf loss (naming its step and micro-batch), and logs
+    each step as the loop always did (the same Python floats, in step order)."""
+
+    def __init__(self, desc: str, grad_accum: int, log, every: int):
+        self.desc, self.grad_accum, self.log, self.every, self.steps = desc, grad_accum, log, every, []
+
+    def check(self, loss: torch.Tensor, step: int, micro: int) -> None:
+        if not torch.isfinite(loss):
+            self.fail(loss.item(), step, micro)
+
+    def fail(self, value: float, step: int, micro: int):
+        raise NonFiniteLossError(
+            f"{self.desc}: the loss is {value} at step {step} (micro-batch {micro}); stopping. "
+            "Lower the learning rate or check the data and the method's hyperparameters."
+        )
+
+    def add(self, step: int, losses: list, parts: list[dict], grad_norm: torch.Tensor, lr: float) -> None:
+        self.steps.append((step, losses, parts, grad_norm, lr))
+
+    def flush(self) -> None:
+        tensors = [t for _, losses, parts, g, _ in self.steps
+                   for t in [*losses, g, *(v for p in parts for v in p.values())] if torch.is_tensor(t)]
+        values = iter(torch.stack([t.double().reshape(()) for t in tensors]).tolist() if tensors else [])
+
+        def host(v):
+            return next(values) if torch.is_tensor(v) else v
+
+        rows = []
+        for step, losses, parts, g, lr in self.steps:  # in the order of `tensors`
+            losses, grad_norm = [host(v) for v in losses], host(g)
+            parts = [{k: host(v) for k, v in p.items()} for p in parts]
+            for micro, value in enumerate(losses):
+                if not math.isfinite(value):
+                    self.steps = []
+                    self.fail(value, step, micro)
+            total, extras = 0.0, {}
+            for value, p in zip(losses, parts):
+                total += value / self.grad_accum
+                for k, v in p.items():
+                    extras[k] = extras.get(k, 0.0) + float(v) / self.grad_accum
+            rows.append((step, {"loss": distributed.mean(total), "lr": lr, "grad_norm": float(grad_norm), **extras}))
+        self.steps = []
+        for step, row in rows:
+            if self.log is not None:
+                self.log(step, row)
+
+
 def num_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     if cfg.max_steps:
         return cfg.max_steps
@@ -217,7 +306,7 @@ def train(
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
     for hook in hooks:
         groups = hook.param_groups(model, groups)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True if cfg.fused_adamw else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(steps, cfg.warmup_ratio, cfg.min_lr_ratio, cfg.schedule))
     parts = (model, optimizer, scheduler, batches, ctx, hooks, log)
@@ -228,27 +317,23 @@ def train(
     autocast(precision, dev)  # an unknown or unsupported precision fails here, before any step
 
     saved = done if resume is not None else -1
+    pending = Pending(desc, cfg.grad_accum, log, sync_every(cfg, dev))
     with checkpoint.on_sigterm() if checkpoint is not None else nullcontext():
         for step in tqdm(range(done, steps), desc=desc, mininterval=2.0, initial=done, total=steps):
             if checkpoint is not None and distributed.agree(checkpoint.requested):
                 checkpoint.requested = True  # every rank stops at this step boundary
                 break
             optimizer.zero_grad(set_to_none=True)
-            total, extras = 0.0, {}
+            losses, parts_of_step = [], []
             for micro in range(cfg.grad_accum):
                 with autocast(precision, dev):
                     loss, loss_parts = loss_fn(model, next(batches))
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"{desc}: the loss is {loss.item()} at step {step} (micro-batch {micro}); stopping. "
-                        "Lower the learning rate or check the data and the method's hyperparameters."
-                    )
+                if pending.every == 1:  # syncing every step: stop before this loss is backpropagated
+                    pending.check(loss, step, micro)
                 (loss / cfg.grad_accum).backward()
-                total += loss.item() / cfg.grad_accum
-                for k, v in loss_parts.items():
-                    extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
+                losses.append(loss.detach())
+                parts_of_step.append({k: v.detach() if torch.is_tensor(v) else v for k, v in loss_parts.items()})
             distributed.average_gradients(params)  # data-parallel workers: the mean over ranks (no-op in one process)
-            total = distributed.mean(total)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             for hook in hooks:
@@ -257,12 +342,15 @@ def train(
             scheduler.step()
             for hook in hooks:
                 hook.after_step(model, step, optimizer)
-            if log is not None:
-                log(step, {"loss": total, "lr": lr, "grad_norm": float(grad_norm), **extras})
+            pending.add(step, losses, parts_of_step, grad_norm, lr)
             done = step + 1
-            if checkpoint is not None and checkpoint.due(done, steps):
+            due = checkpoint is not None and checkpoint.due(done, steps)
+            if due or done % pending.every == 0:
+                pending.flush()  # raises on a NaN/inf loss of these steps, before any checkpoint holds it
+            if due:
                 checkpoint.save(snapshot(done, *parts))
                 saved = done
+        pending.flush()
         if checkpoint is not None and distributed.agree(checkpoint.requested):
             preempt(checkpoint, done, steps, saved, parts)
 

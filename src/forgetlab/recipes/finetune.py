@@ -57,7 +57,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
         rows = read_jsonl(qa_file)
         examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
-        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device())
+        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device(),
+                        group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
         steps = num_steps(cfg, len(loader))
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, qa_file])

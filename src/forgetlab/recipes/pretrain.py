@@ -32,7 +32,8 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
             model = new_llama(params["model"], tokenizer).to(device())
             cfg = TrainConfig(**params["train"])
             corpus = [encode_text(tokenizer, row["text"], cfg.max_length) for row in read_jsonl(data_dir / "corpus.jsonl")]
-            loader = Loader(corpus, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device())
+            loader = Loader(corpus, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device(),
+                            group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
             steps = num_steps(cfg, len(loader))
             ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
                                           inputs=[data_dir / "corpus.jsonl", data_dir / "tokenizer"])

@@ -109,7 +109,8 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
             return read_jsonl(qa_file(split))
 
         def loader(examples: list, seed: int) -> Loader:
-            return Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device())
+            return Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device(),
+                          group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
 
         split_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
         forget_rows = split_rows  # what this job unlearns: the split, or a sequential step's chunk of it
