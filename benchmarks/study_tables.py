@@ -1,5 +1,6 @@
-"""Write docs/results.md (the full result tables) and the README's headline table from a finished
-study's summary, so that no number in either is typed by hand.
+"""Write docs/results.md (the full result tables and findings) and the README's headline table,
+the instrument's figures (issue 13's section 3 targets) and the findings from a finished study's
+outputs, so that no number in either is typed by hand.
 
     python benchmarks/study_tables.py [--study benchmark] [--readme README.md] [--out docs/results.md]
 
@@ -11,21 +12,30 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = {"forget_quality": "forget quality", "model_utility": "model utility", "forget_prob": "forget prob",
-           "retain_prob": "retain prob", "mia_loss": "MIA (loss) AUC", "steps_to_threshold": "steps to threshold"}
+           "retain_prob": "retain prob", "mia_loss": "MIA (loss) AUC", "steps_to_threshold": "steps to threshold",
+           "threshold_reached": "reached oracle", "matched_forget_quality": "matched forget quality",
+           "matched_utility_retain_lik": "matched retain-lik. utility", "collapsed": "collapsed"}
 
 
 def fmt(x: float) -> str:
     if pd.isna(x):
         return "–"
     return f"{x:.2g}" if abs(x) < 1e-2 and x != 0 else f"{x:.3f}"
+
+
+def count(x: float) -> str:
+    """A whole number as one (trajectory points), anything else as fmt does."""
+    return str(int(x)) if pd.notna(x) and float(x).is_integer() and abs(x) >= 1 else fmt(x)
 
 
 def table(frame: pd.DataFrame, index: list[str], columns: dict[str, str]) -> str:
@@ -50,6 +60,51 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltime: dict | None) -> pd.DataFrame:
+    """Issue 13's section 3 targets, each measured on the study (means over regularizers and seeds)."""
+    def mean(model: str, column: str) -> float:
+        rows = summary[summary.model == model]
+        return float(rows[column].mean()) if column in rows and len(rows) else np.nan
+
+    unlearned = summary[summary.model == "unlearned"]
+    rho = (spearmanr(unlearned.model_utility, unlearned.retain_prob).statistic
+           if {"model_utility", "retain_prob"} <= set(unlearned.columns) and len(unlearned) > 2 else np.nan)
+    points = (trajectories.groupby(["regularizer", "seed", "split", "method"]).size().min()
+              if trajectories is not None and len(trajectories) else np.nan)
+    fq = (walltime or {}).get("fq_target_vs_oracle", {})
+    fq_aa = list(((walltime or {}).get("fq_oracle_seed1_vs_oracle") or {}).values())
+    rows = [
+        ("target's multiple-choice accuracy on forget", ">= 0.6", mean("target", "form_mc_forget_accuracy")),
+        ("oracle's multiple-choice accuracy on forget", "<= 0.35", mean("oracle", "form_mc_forget_accuracy")),
+        ("paraphrased-question prob on forget, target / oracle", ">= 3",
+         mean("target", "form_paraphrased_forget_prob") / mean("oracle", "form_paraphrased_forget_prob")),
+        ("cloze prob on forget, target / oracle", ">= 3",
+         mean("target", "form_cloze_forget_prob") / mean("oracle", "form_cloze_forget_prob")),
+        ("pretrained model's world-facts option prob (chance 0.25; the accuracy is not scored)", ">= 0.6 (accuracy)",
+         mean("pretrained", "world_facts_option_prob")),
+        ("Spearman rank correlation of model utility with retain prob, unlearned models", ">= 0.8", rho),
+        ("share of unlearned runs reaching the oracle's forget prob", ">= 0.5", float(unlearned.threshold_reached.mean())
+         if "threshold_reached" in unlearned else np.nan),
+        ("share of unlearned runs collapsed", "flagged", float(unlearned.collapsed.mean())
+         if "collapsed" in unlearned else np.nan),
+        ("recorded trajectory points per run (fewest)", ">= 10", points),
+        ("forget quality, target vs oracle (largest over regularizers)", "<= 1e-5", max(fq.values()) if fq else np.nan),
+        ("forget quality, oracle of seed 1 vs oracle", ">= 0.05", min(fq_aa) if fq_aa else np.nan),
+    ]
+    return pd.DataFrame(rows, columns=["figure", "target", "measured"])
+
+
+def findings_excerpt(text: str) -> str:
+    """The findings page's significant findings and A/A control sections (its headings demoted)."""
+    keep, out = False, []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(("## Significant", "## A/A"))
+        if keep:
+            out.append("#" + line if line.startswith("## ") else line)
+    return "\n".join(out).strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="benchmark")
@@ -65,13 +120,27 @@ def main() -> None:
     short = table(head, ["regularizer"], {"target_fq": "target vs oracle: forget quality", "target_mu": "target utility",
                                           "oracle_mu": "oracle utility", "unlearned_fq": "unlearned: median forget quality",
                                           "unlearned_mu": "unlearned: mean utility"})
+    trajectories = pd.read_csv(res / "trajectories.csv") if (res / "trajectories.csv").exists() else None
+    walltime_file = Path("benchmarks/results/study_walltime.json")
+    walltime = json.loads(walltime_file.read_text()) if walltime_file.exists() else None
+    inst = instrument(summary, trajectories, walltime)
+    inst_table = "\n".join(["| figure | target | measured |", "|---|---|---|",
+                            *[f"| {r.figure} | {r.target} | {count(r.measured)} |" for r in inst.itertuples()]])
+    findings = (res / "findings.md").read_text() if (res / "findings.md").exists() else ""
     readme = Path(args.readme).read_text()
     block = (f"{START}\nThe default study, run on {date} (`python benchmarks/study_walltime.py`, seed(s) "
              f"{', '.join(map(str, seeds))}; tables written by `python benchmarks/study_tables.py`):\n\n{short}\n\n"
              "![forget quality against model utility](docs/figures/forget_quality_vs_utility.png)\n\n"
              "Forget quality is TOFU's KS p-value of the forget truth ratios against the oracle's (1: "
              "indistinguishable from a model that never saw the forget set); model utility is TOFU's 9-term "
-             "harmonic mean. The full tables are in [docs/results.md](docs/results.md).\n" + END)
+             "harmonic mean. The full tables are in [docs/results.md](docs/results.md).\n\n"
+             "**Findings** (`results/<study>/findings.md`, written by the report from `paired_tests.csv`): each line "
+             "is a regularizer against `none`, the mean paired difference over (method, split, seed) pairs on the "
+             "tested scale with its 95% bootstrap CI, the Holm-corrected Wilcoxon p-value and the number of pairs; "
+             "the A/A control (`none` against itself with another data order) must come out not significant.\n\n"
+             f"{findings_excerpt(findings) or '(no findings.md)'}\n\n"
+             "**Can the instrument carry a finding?** Issue 13's targets, measured on this run:\n\n"
+             f"{inst_table}\n" + END)
     if START in readme:
         readme = readme[:readme.index(START)] + block + readme[readme.index(END) + len(END):]
     else:
@@ -92,7 +161,10 @@ def main() -> None:
             "`benchmark`). Every row is one model; `method` is `target` or `oracle` for the fine-tuned models.", "",
             "## Every model", "", table(models, ["regularizer", "method"], COLUMNS), "",
             "## The pretrained model", "", table(pretrained.assign(regularizer="–", method="pretrained"),
-                                                 ["method"], COLUMNS), ""]
+                                                 ["method"], COLUMNS), "",
+            "## The instrument (issue 13's targets)", "", inst_table, "",
+            "## Findings", "", "\n".join("#" + line if line.startswith("## ") else line
+                                  for line in findings.splitlines() if not line.startswith("# ")), ""]
     Path(args.out).write_text("\n".join(text))
     print(short)
 
