@@ -52,7 +52,7 @@ IDLE_ENV = "FORGETLAB_FORKSERVER_IDLE"
 DIR_ENV = "FORGETLAB_FORKSERVER_DIR"
 # the environment variables that a module may read at import time: part of the server's identity
 IMPORT_ENV = ("CUDA_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH", "PYTORCH_", "HF_", "TRANSFORMERS_",
-              "TOKENIZERS_", "PYTHON", "LD_", "NCCL_", "GLOO_")
+              "TOKENIZERS_", "PYTHON", "LD_", "NCCL_", "GLOO_", "VECLIB_", "NUMEXPR_", "GOTO_")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 START_TIMEOUT = 300.0  # seconds a client waits for a server it started (imports on a loaded machine)
 
@@ -63,15 +63,18 @@ def enabled(env=os.environ) -> bool:
 
 
 def source_digest() -> str:
-    """The server's identity: forgetlab's source files (names and contents), the interpreter, the
-    import path, the host and the import-time environment."""
+    """The server's identity: forgetlab's source files (names and contents), the interpreter, its
+    installed packages, the host, the user, the SLURM job and the import-time environment."""
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent
     for f in sorted(p for p in pkg.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".txt", ".json")):
         h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update(json.dumps([str(pkg), os.path.realpath(sys.executable), sys.prefix, sys.version, socket.gethostname(), os.getuid(),
-                         sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_ENV)),
-                         os.environ.get("SLURM_JOB_ID")]).encode())  # a server never serves two SLURM jobs
+    identity = [str(pkg), os.path.realpath(sys.executable), sys.prefix, sys.version, socket.gethostname(), os.getuid(),
+                sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_ENV)),
+                os.environ.get("SLURM_JOB_ID"),  # a server never serves two SLURM jobs
+                # installing or upgrading a package changes its site-packages directory
+                [(p, os.stat(p).st_mtime_ns) for p in sys.path if "site-packages" in p and os.path.isdir(p)]]
+    h.update(json.dumps(identity).encode())
     return h.hexdigest()[:16]
 
 
