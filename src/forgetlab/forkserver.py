@@ -304,13 +304,19 @@ def handle(conn: socket.socket, run: Callable[[], None]) -> None:
     if pid == 0:
         conn.close()
         work(job, fds, run)  # never returns
+    try:
+        os.setpgid(pid, pid)  # as the worker does itself: its group exists before either can kill it
+    except OSError:
+        pass
     for fd in fds:
         os.close(fd)
     send_msg(conn, {"pid": pid})  # the job runs: from here on the client waits for it, whatever happens
+    exited = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None  # readable once the worker exits
+    watched, poll = ([conn], 0.05) if exited is None else ([conn, exited], None)
     status = None
     while status is None:
-        ready = select.select([conn], [], [], 0.05)[0]
-        if ready:
+        ready = select.select(watched, [], [], poll)[0]
+        if conn in ready:
             try:
                 msg = recv_msg(conn)
             except (EOFError, OSError):  # the client is gone: so is the job
@@ -329,10 +335,12 @@ def handle(conn: socket.socket, run: Callable[[], None]) -> None:
 
 
 def kill_group(pid: int, sig: int, group: bool = True) -> None:
-    try:
-        os.killpg(pid, sig) if group else os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Signal the worker's process group (with what it started), or the worker alone."""
+    for kill in ((os.killpg, os.kill) if group else (os.kill,)):
+        try:
+            return kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def work(job: dict, fds: list[int], run: Callable[[], None]) -> None:
