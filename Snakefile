@@ -10,6 +10,8 @@
 #
 # snakemake --cores all                                   # the default study (config/config.yaml)
 # snakemake --cores all --configfile config/smoke.yaml    # the micro study of the tests
+import os
+
 from snakemake.utils import min_version
 
 from forgetlab.config import check_or_exit
@@ -29,6 +31,11 @@ check_or_exit(config)
 
 
 report: "workflow/report/workflow.rst"
+
+
+# jobs' `forgetlab` commands run in a fork server with torch, transformers and mlflow imported once
+# (forgetlab.forkserver; docs/running.md); FORGETLAB_FORKSERVER=0 snakemake ... runs each in its own process
+os.environ.setdefault("FORGETLAB_FORKSERVER", "1")
 
 
 include: "workflow/rules/common.smk"

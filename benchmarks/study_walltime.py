@@ -12,9 +12,12 @@ from results/benchmark/environment.json):
   and each job's MLflow run (start to end, which excludes process start-up and imports): the jobs'
   wall time, their time inside the MLflow run, the orchestration overhead = sum over jobs of
   (job wall - time in the run) over (cores x study wall) (issue 14's target: <= 10%), and the
-  critical-path efficiency = study wall / (sum of job wall x threads / cores) (target: <= 1.15).
+  critical-path efficiency = study wall / (sum of job wall x threads / cores) (target: <= 1.15);
+- fork_server: whether the jobs ran through the fork server (forgetlab.forkserver, the Snakefile's
+  default; FORGETLAB_FORKSERVER=0 turns it off).
 
     python benchmarks/study_walltime.py [--config config/config.yaml] [--cores 2] [--finished WALL_S]
+    python benchmarks/study_walltime.py --jobs-of smoke --finished WALL_S   # only the job figures of results/smoke
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def job_times(res: Path, cores: int, wall: float) -> dict:
+def job_times(res: Path, cores: int, wall: float, study: str = STUDY) -> dict:
     """Snakemake's benchmark records of the study's jobs against their MLflow runs' durations."""
     import mlflow
 
@@ -50,7 +53,7 @@ def job_times(res: Path, cores: int, wall: float) -> dict:
     for tsv in sorted((res / "logs").rglob("*.benchmark.tsv")):
         records[tsv] = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
     client = mlflow.tracking.MlflowClient(f"sqlite:///{Path('results/mlflow.db').resolve()}")
-    runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id], max_results=5000,
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id], max_results=5000,
                               filter_string="attributes.status = 'FINISHED'")
     in_run = {r.data.tags["artifact_path"]: (r.info.end_time - r.info.start_time) / 1000 for r in runs
               if "superseded_by" not in r.data.tags and r.data.tags["stage"] not in ("report", "prepare_data")
@@ -64,13 +67,23 @@ def job_times(res: Path, cores: int, wall: float) -> dict:
             "critical_path_ratio": round(wall / (core_time / cores), 3)}
 
 
+def fork_server() -> bool:
+    """Whether the study's jobs ran through the fork server (the Snakefile enables it unless set to 0)."""
+    return os.environ.get("FORGETLAB_FORKSERVER", "1") not in ("", "0")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--cores", default="2")
     ap.add_argument("--finished", type=float, metavar="WALL_S",
                     help="do not run the study again: read the finished results/benchmark, which took WALL_S seconds")
+    ap.add_argument("--jobs-of", metavar="STUDY", help="with --finished: print only the job figures of results/STUDY")
     args = ap.parse_args()
+    if args.jobs_of:
+        print(json.dumps({"fork_server": fork_server(), **job_times(Path("results") / args.jobs_of, int(args.cores),
+                                                                     args.finished, args.jobs_of)}, indent=2))
+        return
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     config = yaml.safe_load(Path(args.config).read_text())
     config["study"] = STUDY
@@ -115,6 +128,7 @@ def main() -> None:
         "fq_oracle_seed1_vs_oracle": {reg: fq_oracle},
         "seeds": config["seeds"],
         "jobs": job_times(res, int(args.cores), wall),
+        "fork_server": fork_server(),
         "environment": json.loads((res / "environment.json").read_text()) if (res / "environment.json").exists() else None,
         "targets": {"wall_s": "<= 900", "fq_target_vs_oracle": "<= 1e-5", "fq_oracle_seed1_vs_oracle": ">= 0.05",
                     "jobs.overhead_share": "<= 0.10", "jobs.critical_path_ratio": "<= 1.15"},

@@ -19,6 +19,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from forgetlab import forkserver
 from forgetlab.config import ConfigError, load_config, parse_coordinates, stage_params
 
 
@@ -35,7 +36,22 @@ class Commands(TyperGroup):
             raise
 
 
-app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help=__doc__)
+class App(typer.Typer):
+    """The `forgetlab` command: with FORGETLAB_FORKSERVER=1, run by the fork server (forgetlab.forkserver:
+    torch, transformers and mlflow already imported), else, or if none can be reached, in this process."""
+
+    def __call__(self, *args, **kwargs):
+        if not args and not kwargs:
+            status = forkserver.run_client(sys.argv)
+            if status is not None:
+                forkserver.exit_like(status)
+        return self.run_here(*args, **kwargs)
+
+    def run_here(self, *args, **kwargs):
+        return super().__call__(*args, **kwargs)
+
+
+app = App(cls=Commands, add_completion=False, no_args_is_help=True, help=__doc__)
 
 ConfigOpt = typer.Option(..., "--config", help="the study config (YAML)")
 AtOpt = typer.Option([], "--at", metavar="NAME=VALUE",
