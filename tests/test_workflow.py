@@ -274,8 +274,15 @@ def test_verify_in_a_fresh_clone_reports_identical(pulled, tmp_path):
 def test_verify_with_another_thread_count_names_the_field(pulled, tmp_path):
     recorded = environment.read_job(pulled / "results" / "smoke" / "pretrain" / "model")["environment"]["threads"]
     result, text = verify(pulled, tmp_path, "--threads", recorded + 1, "--stage", "pretrain")
-    assert result["verdict"] in ("equivalent", "different") and "threads" in result["environment_fields"], text
+    assert "threads" in result["environment_fields"], text
     assert f"threads {recorded} -> {recorded + 1}" in text
+    # whether another thread count changes the bits depends on the machine's kernels (the tiny smoke
+    # model's matmuls may not be split at all): the verdict must follow the rerun's own differences
+    (job,) = result["jobs"]
+    if job["differences"]:
+        assert job["verdict"] in ("equivalent", "different"), text
+    else:
+        assert job["verdict"] == "identical" and "threads" in job["reason"], text
 
 
 def test_dvc_round_trip_restores_the_finished_study(study, pulled):
