@@ -103,9 +103,9 @@ def steps_to_threshold(trajectory: pd.DataFrame, oracle_forget_prob: float) -> d
     """
     if len(trajectory) == 0 or math.isnan(oracle_forget_prob):
         raise ValueError("steps_to_threshold needs a non-empty trajectory and the oracle's forget_prob")
-    below = trajectory[trajectory["forget_prob"] < oracle_forget_prob]
-    if len(below):
-        return {"steps_to_threshold": float(below["step"].iloc[0]), "threshold_reached": 1.0}
+    found = crossing(trajectory, oracle_forget_prob)
+    if found is not None:
+        return {"steps_to_threshold": float(trajectory["step"].iloc[found[1]]), "threshold_reached": 1.0}
     return {"steps_to_threshold": float(trajectory["step"].iloc[-1]), "threshold_reached": 0.0}
 
 
