@@ -318,7 +318,7 @@ def save_tokenizer_atomic(tokenizer, out: Path) -> None:
         raise
 
 
-def prepare_data(cfg: dict, out_dir: str | Path) -> dict:
+def prepare(cfg: dict, out_dir: str | Path) -> dict:
     """Generate the world into `out_dir` and return the manifest written to manifest.json.
 
     Layout: corpus.jsonl, qa/{full,forget01,forget05,forget10,retain99,retain95,retain90,
