@@ -131,6 +131,24 @@ def test_a_killed_client_takes_its_job_with_it(toy_server, tmp_path):
     assert not late.exists()
 
 
+def test_a_socket_path_longer_than_a_socket_address(tmp_path):
+    """A socket address holds 107 bytes; a server under a deeper directory (a cluster's $TMPDIR, a
+    pytest tmp_path) still binds and serves: its temporary name, `.<name>.<pid>`, is longer still."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    sock = deep / "toy.sock"
+    assert len(os.fsencode(str(sock))) > 107
+    server = subprocess.Popen([sys.executable, "-c", TOY, str(sock), "30"], env=cli_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: sock.exists() or server.poll() is not None) and server.poll() is None, server.stderr.read()
+        proc = client(sock, "echo", "0", stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(timeout=30)
+        assert (proc.returncode, out) == (0, "to stdout\n")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def test_disabled_or_in_a_torchrun_worker_runs_in_process(monkeypatch, tmp_path):
     monkeypatch.setenv(forkserver.DIR_ENV, str(tmp_path / "servers"))
     for value in ("0", ""):
@@ -161,7 +179,8 @@ def test_forgetlab_server_reused_and_replaced_when_the_source_changes(tmp_path):
         ok = run("config/smoke.yaml")
         assert (ok.returncode, ok.stdout) == (0, "config/smoke.yaml: ok\n"), ok.stderr
         first = pids()
-        assert len(first) == 1 and alive(first[0])
+        logs = "".join(p.read_text() for p in sorted(servers.glob("*.log")))  # why a server did not start
+        assert len(first) == 1 and alive(first[0]), logs
         bad = run("config/no-such.yaml")
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "no-such.yaml" in bad.stderr
         assert pids() == first  # the same server

@@ -1,30 +1,29 @@
-"""A fork server for `forgetlab` commands: a job pays for importing torch, transformers and mlflow
-(7-8 s on a busy CPU) once per server, not once per job.
+"""A fork server for `forgetlab` commands: a job pays for importing torch, transformers and mlflow (7-8 s on a busy
+CPU) once per server, not once per job.
 
-With FORGETLAB_FORKSERVER=1 (the Snakefile sets it for its jobs), the `forgetlab` command is a
-client: it connects over a unix socket to a long-lived server process that has forgetlab's stages
-(and with them torch, transformers and mlflow) imported, and sends it its argv, working directory,
-environment, umask and its stdin/stdout/stderr (the file descriptors themselves, SCM_RIGHTS). For
-each request the server forks a handler, which forks the worker: the worker takes over the
-client's descriptors, directory and environment and runs the command as the client would have;
-the handler reports the worker's exit to the client, which exits with the same status (or dies by
-the same signal). So the job's log, exit status and outputs are the in-process job's.
+With FORGETLAB_FORKSERVER=1 (the Snakefile sets it for its jobs), the `forgetlab` command is a client: it connects
+over a unix socket to a long-lived server process that has forgetlab's stages (and with them torch, transformers and
+mlflow) imported, and sends it its argv, working directory, environment, umask and its stdin/stdout/stderr (the file
+descriptors themselves, SCM_RIGHTS). For each request the server forks a handler, which forks the worker: the worker
+takes over the client's descriptors, directory and environment and runs the command as the client would have; the
+handler reports the worker's exit to the client, which exits with the same status (or dies by the same signal). So
+the job's log, exit status and outputs are the in-process job's.
 
-- Signals: SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that reach the client (Snakemake's or
-  SLURM's SIGTERM) are passed to the worker: a training job checkpoints and exits 143, as in-process.
-- A client that dies (SIGKILL) closes its socket: the handler kills the worker's process group,
-  so no orphan goes on writing outputs.
-- Stale code is never served: the socket's name carries a digest of forgetlab's source files, the
-  interpreter, the host, the SLURM job and the environment variables read at import time (CUDA_,
-  OMP_, HF_, ...; not MLFLOW_, read when used).
-- The first client starts the server (under a lock, so concurrent jobs start one) and waits for
-  it; the server exits after FORGETLAB_FORKSERVER_IDLE seconds (default 60) without a request.
-- Fallback: unset or 0, inside a torchrun worker, or with no server reachable, the command runs in
-  this process exactly as before.
+- Signals: SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 that reach the client (Snakemake's or SLURM's
+  SIGTERM) are passed to the worker: a training job checkpoints and exits 143, as in-process.
+- A client that dies (SIGKILL) closes its socket: the handler kills the worker's process group, so no orphan goes on
+  writing outputs.
+- Stale code is never served: the socket's name carries a digest of forgetlab's source files, the interpreter, the
+  host, the SLURM job and the environment variables read at import time (CUDA_, OMP_, HF_, ...; not MLFLOW_, read
+  when used).
+- The first client starts the server (under a lock, so concurrent jobs start one) and waits for it; the server exits
+  after FORGETLAB_FORKSERVER_IDLE seconds (default 60) without a request.
+- Fallback: unset or 0, inside a torchrun worker, or with no server reachable, the command runs in this process
+  exactly as before.
 
-The server imports but runs nothing before it forks: no OpenMP threads, no CUDA, no MLflow
-connection (it checks that it has one thread); each worker sets its threads from the job's params.
-This module uses the standard library only (the client must start fast).
+The server imports but runs nothing before it forks: no OpenMP threads, no CUDA, no MLflow connection (it checks
+that it has one thread); each worker sets its threads from the job's params. This module uses the standard library
+only (the client must start fast).
 """
 
 from __future__ import annotations
@@ -112,10 +111,24 @@ def recv_msg(sock: socket.socket) -> dict:
 
 # --- client --------------------------------------------------------------------------------------
 
+MAX_ADDRESS = 100  # bytes; a socket address holds 107: a longer path goes through its directory's descriptor
+
+
+def address(path: Path, call: Callable[[str], None]) -> None:
+    """call(addr) with an address of `path` that fits in a socket address."""
+    if len(os.fsencode(str(path))) <= MAX_ADDRESS:
+        return call(str(path))
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return call(f"/proc/self/fd/{fd}/{path.name}")
+    finally:
+        os.close(fd)
+
+
 def connect(path: Path) -> Optional[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        address(path, sock.connect)
     except OSError:
         sock.close()
         return None
@@ -211,34 +224,13 @@ def current_umask() -> int:
 
 # --- server --------------------------------------------------------------------------------------
 
-# native threads that survive a fork safely: jemalloc's (pyarrow's allocator, started by importing
-# mlflow) has fork handlers and is restarted in the child
-SAFE_THREADS = ("jemalloc_bg_thd",)
-
-
-def check_fork_safe() -> None:
-    """Before serving: one Python thread, no other native thread (OpenMP's pool, CUDA's) than
-    SAFE_THREADS, CUDA not initialised, no MLflow run."""
-    tasks = Path("/proc/self/task")
-    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
-    others = [n for n in names if n not in SAFE_THREADS]
-    if threading.active_count() != 1 or len(others) > 1:
-        raise RuntimeError(f"the fork server has threads after its imports: {names}")
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        raise RuntimeError("the fork server initialised CUDA")
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None and mlflow.active_run() is not None:
-        raise RuntimeError("the fork server has an MLflow run")
-
-
 def serve(path: Path, run: Callable[[], None], idle: float) -> None:
-    """Accept jobs at `path` until `idle` seconds pass with none running; fork a handler per job."""
-    check_fork_safe()
+    """Accept jobs at `path` until `idle` seconds pass with none running; fork a handler per job.
+    The caller has checked that forking is safe (forgetlab.zygote.check_fork_safe)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp))
+    address(tmp, listener.bind)
     listener.listen(64)
     os.replace(tmp, path)  # clients connect only once everything is imported
     ino = path.stat().st_ino
