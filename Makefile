@@ -27,7 +27,7 @@ smoke: install  ## the micro study of the tests
 # of their time waiting on schedulers and subprocesses, so two files overlap well even on 2 cores
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-unit: install  ## the fast inner loop: tests marked unit (no DAG, subprocess jobs, SLURM or GPU)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m unit tests
