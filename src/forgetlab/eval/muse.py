@@ -19,6 +19,7 @@ knowmem asks the question in forgetlab's QA prompt, without MUSE's in-context ex
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from pathlib import Path
@@ -36,12 +37,11 @@ DEFAULT_VERBMEM_TOKENS = 128  # open-unlearning's forget_verbmem_ROUGE: max_new_
 
 def read_set(data_dir: Path, rel: str, fields: tuple[str, ...]) -> list[dict]:
     """The rows of one converted MUSE file; missing, empty or a row without a field is an error."""
-    from forgetlab.recipes import read_jsonl
-
     path = Path(data_dir) / rel
     if not path.is_file():
         raise EvalInputError(f"MUSE evaluation file {path} not found (prepare_data of a muse study writes it)")
-    rows = read_jsonl(path)
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise EvalInputError(f"MUSE evaluation file {path} is empty")
     for i, r in enumerate(rows):
