@@ -163,6 +163,7 @@ def test_the_fixture_study_passes_and_its_params_say_muse(fixtures):
 
 @pytest.mark.parametrize("edit,key", [
     (lambda c: c["model"].update(init_from=None), "model.init_from"),
+    (lambda c: c["data"].update(path="/nowhere/muse-news"), "data.path"),
     (lambda c: c.update(splits=["forget10"]), r"splits\[0\]"),
     (lambda c: c["methods"].update(rel={"name": "relabel"}), "methods.rel"),
     (lambda c: c["methods"].update(idk={"name": "idk_dpo"}), "methods.idk"),

@@ -78,7 +78,7 @@ def check_or_exit(config: dict, stamps: str | Path = ".snakemake/forgetlab") -> 
 
 def fingerprint(config: dict) -> str:
     """A digest of the config, of every file of the forgetlab package (path, size, mtime), and of
-    whether `model.init_from` exists: what check_config's verdict depends on."""
+    whether `model.init_from` (and `data.path`) exists: what check_config's verdict depends on."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     package = Path(__file__).parent
     for path in sorted(package.rglob("*")):
@@ -87,6 +87,9 @@ def fingerprint(config: dict) -> str:
             digest.update(f"{path.relative_to(package)}:{st.st_size}:{st.st_mtime_ns};".encode())
     init_from = config.get("model", {}).get("init_from")
     digest.update(f"init_from:{bool(init_from) and Path(init_from).is_dir()}".encode())
+    data_path = config.get("data", {}).get("path")
+    if data_path:  # a tofu or muse source: whether its directory exists (forgetlab.data.muse.check_study)
+        digest.update(f"data.path:{Path(data_path).is_dir()}".encode())
     return digest.hexdigest()[:20]
 
 

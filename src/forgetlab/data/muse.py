@@ -195,10 +195,13 @@ def check_study(config: dict, build_method) -> None:
     """What a muse study may not use, each an error naming the key (forgetlab.config adds
     `config key`): splits other than `forget`, methods that train on QA-only views (a refusal or a
     wrong answer to a question), metrics other than MUSE_METRICS, the unlearning trajectory and
-    sequential runs (both read TOFU-schema QA), world stages; and model.init_from must be set."""
+    sequential runs (both read TOFU-schema QA), world stages; and model.init_from and data.path must
+    be set, the latter an existing directory (the files in it are checked by `prepare`)."""
     if not config["model"].get("init_from"):
         raise MuseDataError("model.init_from: a muse study fine-tunes a given checkpoint (no pretraining on MUSE); "
                             "set model.init_from to its local directory")
+    if not Path(config["data"]["path"]).is_dir():
+        raise MuseDataError(f"data.path: MUSE directory {config['data']['path']} does not exist")
     for i, split in enumerate(config["splits"]):
         if split != SPLIT:
             raise MuseDataError(f"splits[{i}]: a muse study has the one split {SPLIT!r}, got {split!r}")

@@ -128,8 +128,9 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
 
         if params.get("data_source") == "muse":  # raw text: the forget and retain documents, chunked
             examples, retain_examples, files = text_examples(tokenizer, data_dir, cfg.max_length)
-            if eval_every or params.get("sequential_step"):  # config checks refuse both (forgetlab.data.muse)
-                raise ValueError("a muse study has no unlearning trajectory (eval_every) and no sequential steps")
+            if eval_every or params.get("sequential_step") or method.forget_views:  # the config check refuses these
+                raise ValueError("a muse study has no unlearning trajectory (eval_every), no sequential steps and "
+                                 "no QA-only forget views (forgetlab.data.muse.check_study)")
             forget_rows = examples
         else:
             split_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
