@@ -21,7 +21,7 @@ import yaml
 
 from forgetlab import paths
 from forgetlab.registry import ComponentError
-from forgetlab.splits import FORGET_SPLITS, RETAIN_OF, forget_size
+from forgetlab.splits import FORGET_SPLITS, forget_size, retain_of
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 RESERVED_MODELS = ("pretrained", "target", "oracle", "unlearned", "sequential")
@@ -78,7 +78,7 @@ def check_or_exit(config: dict, stamps: str | Path = ".snakemake/forgetlab") -> 
 
 def fingerprint(config: dict) -> str:
     """A digest of the config, of every file of the forgetlab package (path, size, mtime), and of
-    whether `model.init_from` exists: what check_config's verdict depends on."""
+    whether `model.init_from` (and `data.path`) exists: what check_config's verdict depends on."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     package = Path(__file__).parent
     for path in sorted(package.rglob("*")):
@@ -87,6 +87,9 @@ def fingerprint(config: dict) -> str:
             digest.update(f"{path.relative_to(package)}:{st.st_size}:{st.st_mtime_ns};".encode())
     init_from = config.get("model", {}).get("init_from")
     digest.update(f"init_from:{bool(init_from) and Path(init_from).is_dir()}".encode())
+    data_path = config.get("data", {}).get("path")
+    if data_path:  # a tofu or muse source: whether its directory exists (forgetlab.data.muse.check_study)
+        digest.update(f"data.path:{Path(data_path).is_dir()}".encode())
     return digest.hexdigest()[:20]
 
 
@@ -125,6 +128,20 @@ def check_config(config: dict) -> None:
     init_from = config["model"].get("init_from")
     if init_from and not Path(init_from).is_dir():
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
+    check_source(config, build_method)
+
+
+def check_source(config: dict, build_method) -> None:
+    """The data source's own checks (forgetlab.data.muse.check_study for a muse study)."""
+    from forgetlab.data import muse
+
+    try:
+        if config["data"].get("source") == "muse":
+            muse.check_study(config, build_method)
+        else:
+            muse.check_synthetic_splits(config)
+    except muse.MuseDataError as e:
+        raise ConfigError(f"config key {e}") from None
 
 
 def sequential_runs(config: dict) -> dict:
@@ -147,7 +164,7 @@ def check_sequential(config: dict) -> None:
                 raise ConfigError(f"config key sequential.{key}[{i}]: {name!r} is not one of the study's {key} "
                                   f"({', '.join(known)})")
     runs = sequential_runs(config)
-    for split in runs["splits"]:
+    for split in [s for s in runs["splits"] if s in FORGET_SPLITS]:  # a muse study has no sequential runs
         authors = forget_size(FORGET_SPLITS[split], config["data"]["authors"]["n"])
         if runs["chunks"] > authors:
             raise ConfigError(f"config key sequential.chunks: {runs['chunks']} chunks, but split {split} has only "
@@ -287,7 +304,11 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
     if config.get("distributed") and stage in ("pretrain", "finetune"):
         base["distributed"] = config["distributed"]  # absent: one process (existing studies' params unchanged)
+    if config["data"].get("source") == "muse" and stage in ("prepare_data", "finetune", "unlearn", "evaluate"):
+        base["data_source"] = "muse"  # raw-text training, MUSE's evaluation sets (absent: synthetic, unchanged)
     if stage == "prepare_data":
+        if base.get("data_source") == "muse":  # the tokenizer comes from the checkpoint
+            base["init_from"] = config["model"].get("init_from")
         return {**base, "data": config["data"]}
     if stage == "pretrain":
         return {**base, "seed": config["data"]["seed"], "model": config["model"], "train": config["pretrain"]}
@@ -299,7 +320,7 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         if entry_data_order_seed(config, reg) is not None:  # absent: the data order of the job's seed
             params["data_order_seed"] = entry_data_order_seed(config, reg)
         if coords.get("split"):
-            params["retain_split"] = RETAIN_OF[coords["split"]]
+            params["retain_split"] = retain_of(coords["split"])
         if coords.get("stages"):  # a stage of a training path: its data and its train overrides
             try:
                 params.update(paths.stage_params(config, coords["stages"], params["role"], params.get("retain_split")))
@@ -308,12 +329,12 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         return params
     if stage == "unlearn":
         params = {**base, "train": config["unlearn"], "method_spec": config["methods"][coords["method"]],
-                  "retain_split": RETAIN_OF[coords["split"]]}
+                  "retain_split": retain_of(coords["split"])}
         if coords.get("sequential_step"):  # the chunks are drawn with the data seed (forgetlab.sequential)
             params["seed_data"] = config["data"]["seed"]
         return params
     if stage == "evaluate":
-        params = {**base, "evaluate": config["evaluate"], "retain_split": RETAIN_OF[coords["split"]],
+        params = {**base, "evaluate": config["evaluate"], "retain_split": retain_of(coords["split"]),
                   "seed_data": config["data"]["seed"]}
         if coords.get("regularizer"):
             params["regularizers"] = entry_components(config, coords["regularizer"])

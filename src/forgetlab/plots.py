@@ -54,6 +54,9 @@ def placeholder(path: Path, text: str) -> None:
 
 def pareto(table: pd.DataFrame, path: Path) -> None:
     """Forget quality (log) against model utility: a panel per regularizer, a marker per method."""
+    if not {"forget_quality", "model_utility"} <= set(table.columns):  # e.g. a muse study's metrics
+        placeholder(path, "the study computes no forget_quality and model_utility")
+        return
     table = table[table["regularizer"].notna() & table["forget_quality"].notna()]
     regs = sorted(table["regularizer"].unique())
     fig, axes = plt.subplots(1, max(1, len(regs)), figsize=(4.5 * max(1, len(regs)), 4), sharex=True, sharey=True, squeeze=False)

@@ -39,6 +39,17 @@ def encode_text(tokenizer, text: str, max_length: int = 256) -> dict:
     return {"input_ids": ids, "labels": list(ids)}
 
 
+def encode_text_chunks(tokenizer, text: str, max_length: int) -> list[dict]:
+    """A whole document for next-token training on raw text (a muse study): <bos> + its tokens +
+    <eos>, cut into consecutive chunks of max_length tokens (the last one shorter), every token of
+    every chunk supervised (labels = ids: the loss predicts each token after a chunk's first from
+    the ones before it). Each chunk starts a fresh context; a last chunk of one token, with nothing
+    to predict, is dropped."""
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [{"input_ids": ids[i:i + max_length], "labels": ids[i:i + max_length]}
+            for i in range(0, len(ids), max_length) if len(ids) - i > 1]
+
+
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of encoded examples into tensors with an attention mask."""
     width = max(len(e["input_ids"]) for e in examples)

@@ -3,6 +3,7 @@ rule prepare_data:
         corpus=f"{DATA}/corpus.jsonl",
         qa=directory(f"{DATA}/qa"),
         tokenizer=directory(f"{DATA}/tokenizer"),
+        text=directory(f"{DATA}/text"),
         manifest=f"{DATA}/manifest.json",
     params:
         **job("prepare_data", lambda w: {}),

@@ -71,10 +71,12 @@ def reference_score(rows) -> np.ndarray:
     return -(rows["answer_nll"].to_numpy(float) - rows["reference_answer_nll"].to_numpy(float))
 
 
-def mia_auc(samples, attack, metric: str, columns: tuple[str, ...], table: str = "model") -> float:
-    """AUC of ``attack``'s scores, forget (positive) against holdout, on ``samples``."""
+def mia_auc(samples, attack, metric: str, columns: tuple[str, ...], table: str = "model",
+            splits: tuple[str, str] = (MEMBERS, NON_MEMBERS)) -> float:
+    """AUC of ``attack``'s scores, members (positive; the forget split) against non-members (the
+    holdout), on ``samples``; ``splits`` names the two splits."""
     scores = []
-    for split in (MEMBERS, NON_MEMBERS):
+    for split in splits:
         rows = split_rows(samples, split, metric, columns, table)
         s = np.asarray(attack(rows), dtype=float)
         if not np.isfinite(s).all():

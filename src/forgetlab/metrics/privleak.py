@@ -16,6 +16,9 @@ The attacks drop the answer's eos token, as open-unlearning's do (see mia_min_k)
 divides by (AUC_retrain + 1e-10) and, without retain-model logs, falls back to AUC_retrain = 0.5;
 here the oracle's table is required and an oracle AUC of exactly 1 (a division by 0) is an error.
 
+In a muse study (forgetlab.eval.muse) D_forget and D_holdout are MUSE's privleak forget and
+holdout texts, each scored over all its tokens.
+
 Needs the oracle's table (the oracle itself gets 0). Hand-worked: conventional AUCs 0.9 (model)
 and 0.6 (oracle) give MUSE AUCs 0.1 and 0.4, so PrivLeak = (0.1 - 0.4) / 0.4 * 100 = -75.
 """
@@ -23,7 +26,8 @@ and 0.6 (oracle) give MUSE AUCs 0.1 and 0.4, so PrivLeak = (0.1 - 0.4) / 0.4 * 1
 from __future__ import annotations
 
 from forgetlab.metrics import METRICS, EvalInputError, require_oracle, uses
-from forgetlab.metrics._mia import mia_auc, min_k_plus_plus_score, min_k_score
+from forgetlab.metrics._mia import MEMBERS, NON_MEMBERS, mia_auc, min_k_plus_plus_score, min_k_score
+from forgetlab.metrics._muse import split_of
 from forgetlab.metrics.mia_min_k_plus_plus import COLUMNS as MINKPP_COLUMNS
 
 
@@ -40,8 +44,11 @@ def privleak_with(samples, oracle, attack, columns, metric: str, role: str = "mo
     oracle = require_oracle(oracle, metric)
     if role == "oracle":  # the oracle scored against itself: 0 by definition, even where AUC is 1
         return 0.0
-    return privleak_of(mia_auc(samples, attack, metric, columns),
-                       mia_auc(oracle, attack, metric, columns, table="oracle"), metric)
+    def auc(table, name):  # members against non-members: forget/holdout, or MUSE's privleak sets
+        sets = tuple(split_of(table, "privleak", s) for s in (MEMBERS, NON_MEMBERS))
+        return mia_auc(table, attack, metric, columns, table=name, splits=sets)
+
+    return privleak_of(auc(samples, "model"), auc(oracle, "oracle"), metric)
 
 
 @METRICS.register("privleak")

@@ -12,15 +12,19 @@ trained on verbatim is each forget QA in its training format, "<bos>Question: q\
 So x is that sequence, x_[:l] ends after the first n // 2 of the n tokens of " " + a, and the
 continuation is the rest of a (eos excluded). Per-sample columns verbmem_generated,
 verbmem_continuation and verbmem_rouge_l_f1 (evaluate computes them for the forget split only).
+In a muse study (forgetlab.eval.muse) x_[:l] and x_[l+1:] are MUSE's own verbmem forget prompts
+and their ground-truth continuations (fields prompt, gt).
 Hand-worked: continuations scoring F1 1.0 and 0.5 give 0.75.
 """
 
 from __future__ import annotations
 
 from forgetlab.metrics import METRICS, require_values, uses
+from forgetlab.metrics._muse import split_of
 
 
 @METRICS.register("verbmem")
 @uses(columns=("verbmem_rouge_l_f1",))
 def verbmem(samples, oracle=None, role="model") -> dict[str, float]:
-    return {"forget_verbmem": float(require_values(samples, "forget", "verbmem_rouge_l_f1", "verbmem").mean())}
+    split = split_of(samples, "verbmem", "forget")
+    return {"forget_verbmem": float(require_values(samples, split, "verbmem_rouge_l_f1", "verbmem").mean())}

@@ -1,7 +1,8 @@
 """evaluate: score one model on forget, retain, holdout, world_facts and real_authors in batched passes,
 keep the per-sample table, and compute the configured aggregate metrics against the oracle (also
 the reference model of mia_reference, as in open-unlearning) and, for relearn_recovery, the target.
-Only the passes that the configured metrics read are run (`forgetlab.eval.plan`)."""
+Only the passes that the configured metrics read are run (`forgetlab.eval.plan`). A muse study
+scores MUSE's own knowmem, verbmem and privleak files instead (forgetlab.eval.muse)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from forgetlab.eval.muse import score_muse
 from forgetlab.eval.plan import RELEARN, metrics_to_run, needs_target, passes_for
 from forgetlab.eval.relearn import RelearnConfig, attach_relearn, relearn_columns
 from forgetlab.eval.scoring import score_model
@@ -64,12 +66,16 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
                                       ("target", is_oracle or is_target or target_table is not None)) if present}
     names = metrics_to_run(ev["metrics"], role, available)
     passes = passes_for(names)
-    splits = eval_splits(params, data_dir)
+    muse = params.get("data_source") == "muse"  # MUSE's own sets (forgetlab.eval.muse), not the QA splits
+    splits = None if muse else eval_splits(params, data_dir)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
         with autocast(precision, next(model.parameters()).device):  # fp32 on the CPU
-            samples = score_model(model, tokenizer, splits, ev["batch_size"], ev["max_new_tokens"],
-                                  seed=params["seed_data"], passes=[p for p in passes if p != RELEARN])
+            if muse:
+                samples = score_muse(model, tokenizer, data_dir, ev, passes)
+            else:
+                samples = score_model(model, tokenizer, splits, ev["batch_size"], ev["max_new_tokens"],
+                                      seed=params["seed_data"], passes=[p for p in passes if p != RELEARN])
         if RELEARN in passes:  # the relearning attack, on a copy of the model
             relearned = relearn_columns(model, tokenizer, splits["forget"], RelearnConfig(**ev.get("relearn", {})),
                                         params["seed_data"], precision, ev["batch_size"], ev["max_new_tokens"])

@@ -2,7 +2,8 @@
 oracle with one study entry's regularizers. Target and oracle share every setting but the data.
 An entry's `data_order_seed` reshuffles the training data (and nothing else): the A/A control.
 A stage of a training path (forgetlab.paths) starts from the previous stage's model (`--pretrained`)
-and trains on its own QA split with its own settings; the entry's regularizers apply in every stage."""
+and trains on its own QA split with its own settings; the entry's regularizers apply in every stage.
+A muse study trains on raw text instead of QA (training_examples)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
-from forgetlab.qa import collate, encode_qa
+from forgetlab.data.muse import read_texts, text_files
+from forgetlab.qa import collate, encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.regularizers import build_regularizers
 from forgetlab.soup import Soup
@@ -27,6 +29,19 @@ def training_file(params: dict) -> str:
     if params.get("training_split"):
         return params["training_split"]
     return "full" if params["role"] == "target" else params["retain_split"]
+
+
+def training_examples(params: dict, tokenizer, data_dir: Path, max_length: int) -> tuple[list[dict], list[Path]]:
+    """The encoded training examples and the files they come from: the QA rows of the training
+    split (answer-only loss), or, in a muse study, the chunked documents of its text set (every
+    token supervised; forgetlab.data.muse.TEXT_SETS: `full` for the target, `retain` for the oracle)."""
+    if params.get("data_source") == "muse":
+        name = training_file(params)
+        texts = read_texts(data_dir, name)
+        return [c for t in texts for c in encode_text_chunks(tokenizer, t, max_length)], text_files(data_dir, name)
+    qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
+    rows = read_jsonl(qa_file)
+    return [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows], [qa_file]
 
 
 def ingredient_settings(params: dict) -> tuple[int, dict]:
@@ -54,14 +69,12 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         tokenizer = load_tokenizer(pretrained)
         model = load_model(pretrained)
         cfg = TrainConfig(**train_cfg)
-        qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
-        rows = read_jsonl(qa_file)
-        examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
+        examples, files = training_examples(params, tokenizer, data_dir, cfg.max_length)
         loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device(),
                         group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
         steps = num_steps(cfg, len(loader))
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
-        ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, qa_file])
+        ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, *files])
         model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
                       hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
                       desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"))

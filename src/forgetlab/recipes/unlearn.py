@@ -5,7 +5,10 @@ when the method needs it.
 
 A step of a sequential run (params `sequential_step` j of `sequential_chunks` k) starts from the
 previous step's model, unlearns only chunk j of the forget split, and keeps the target as the
-reference (`reference`); see forgetlab.sequential."""
+reference (`reference`); see forgetlab.sequential.
+
+A muse study (`data_source: muse`) unlearns raw text: forget batches are chunks of the forget
+documents, retain batches chunks of the retain documents (text_examples)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from importlib.resources import files
 from pathlib import Path
 
 from forgetlab.checkpoint import Checkpointer
+from forgetlab.data.muse import read_texts, text_files
 from forgetlab.data.world import RELABEL_FIELD
 from forgetlab.eval.trajectory import Trajectory
 from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
-from forgetlab.qa import encode_qa
+from forgetlab.qa import encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.sequential import forget_chunk
 from forgetlab.tracking import stage_run
@@ -85,6 +89,16 @@ def forget_examples(tokenizer, rows: list[dict], views, seed: int, max_length: i
     return [dict(zip(encoded, ex)) for ex in zip(*encoded.values())]
 
 
+def text_examples(tokenizer, data_dir: Path, max_length: int) -> tuple[list[dict], list[dict], list[Path]]:
+    """A muse study's unlearning data: the forget documents' chunks (as {"forget": chunk}), the
+    retain documents' chunks (forgetlab.data.muse.TEXT_SETS: forget, unlearn_retain), and their files."""
+    def chunks(name: str) -> list[dict]:
+        return [c for t in read_texts(data_dir, name) for c in encode_text_chunks(tokenizer, t, max_length)]
+
+    files = text_files(data_dir, "forget") + text_files(data_dir, "unlearn_retain")
+    return [{"forget": c} for c in chunks("forget")], chunks("unlearn_retain"), files
+
+
 def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path | None = None) -> None:
     """Unlearn starting from `target`; `reference` (default: `target`) is the frozen reference
     model of methods that need one."""
@@ -112,14 +126,22 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
             return Loader(examples, cfg.batch_size, tokenizer.pad_token_id, seed, device(),
                           group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
 
-        split_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
-        forget_rows = split_rows  # what this job unlearns: the split, or a sequential step's chunk of it
-        if params.get("sequential_step"):
-            forget_rows = forget_chunk(split_rows, params["sequential_step"], params["sequential_chunks"],
-                                       params["seed_data"])
-        examples = forget_examples(tokenizer, forget_rows, method.forget_views, seed, cfg.max_length,
-                                   split_rows + retain_rows)
-        retain_examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in retain_rows]
+        if params.get("data_source") == "muse":  # raw text: the forget and retain documents, chunked
+            examples, retain_examples, files = text_examples(tokenizer, data_dir, cfg.max_length)
+            if eval_every or params.get("sequential_step") or method.forget_views:  # the config check refuses these
+                raise ValueError("a muse study has no unlearning trajectory (eval_every), no sequential steps and "
+                                 "no QA-only forget views (forgetlab.data.muse.check_study)")
+            forget_rows = examples
+        else:
+            split_rows, retain_rows = rows(params["split"]), rows(params["retain_split"])
+            files = [qa_file(params["split"]), qa_file(params["retain_split"])]
+            forget_rows = split_rows  # what this job unlearns: the split, or a sequential step's chunk of it
+            if params.get("sequential_step"):
+                forget_rows = forget_chunk(split_rows, params["sequential_step"], params["sequential_chunks"],
+                                           params["seed_data"])
+            examples = forget_examples(tokenizer, forget_rows, method.forget_views, seed, cfg.max_length,
+                                       split_rows + retain_rows)
+            retain_examples = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in retain_rows]
 
         forget = loader(examples, seed)
         retain = loader(retain_examples, seed + 1) if method.uses_retain else None
@@ -129,8 +151,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
                            retain=loader(retain_examples, seed + 3))
         hooks = [method, *method.plugins]
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
-                                      inputs=[target, qa_file(params["split"]), qa_file(params["retain_split"]),
-                                              *([reference] if reference != Path(target) else [])])
+                                      inputs=[target, *files, *([reference] if reference != Path(target) else [])])
         trajectory = None
         if eval_every:
             # measured on the whole forget split: a sequential step shows the earlier chunks too
