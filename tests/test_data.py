@@ -291,12 +291,12 @@ def test_real_authors_default_and_leave_the_rest_of_the_world_unchanged():
 
 # --- world_train: the general-knowledge QA of the `world` training stage (forgetlab.paths) --------
 
-# sha256 over (path, sha256) of every file but manifest.json, qa/world_train.jsonl and text/corpus.jsonl, for CFG, computed
+# sha256 over (path, sha256) of every file but manifest.json and qa/world_train.jsonl, for CFG, computed
 # with the code before world_train existed (commit bf01c69): adding the split changed no other byte
 BEFORE_WORLD_TRAIN = "9b60619d596374a83c4f1776e005d02b757763af1ac32c19a8a1687412c5d72b"
 
 
-def files_digest(root: Path, leave_out=("manifest.json", "qa/world_train.jsonl", "text/corpus.jsonl")) -> str:
+def files_digest(root: Path, leave_out=("manifest.json", "qa/world_train.jsonl")) -> str:
     digest = hashlib.sha256()
     for rel, sha in file_hashes(root).items():
         if rel not in leave_out:
@@ -306,11 +306,6 @@ def files_digest(root: Path, leave_out=("manifest.json", "qa/world_train.jsonl",
 
 def test_world_train_changes_no_other_file(data_dir):
     assert files_digest(data_dir) == BEFORE_WORLD_TRAIN
-
-
-def test_text_dir_holds_the_corpus_unchanged(data_dir):
-    # text/ (the raw documents every source writes, forgetlab.data) is, for the world, a copy of the corpus
-    assert (data_dir / "text" / "corpus.jsonl").read_bytes() == (data_dir / "corpus.jsonl").read_bytes()
 
 
 def test_world_train_is_disjoint_from_the_evaluation_rows(data_dir):

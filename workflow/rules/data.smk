@@ -3,7 +3,8 @@ rule prepare_data:
         corpus=f"{DATA}/corpus.jsonl",
         qa=directory(f"{DATA}/qa"),
         tokenizer=directory(f"{DATA}/tokenizer"),
-        text=directory(f"{DATA}/text"),
+        # a muse study's raw documents (forgetlab.data.muse); the synthetic and tofu sources write none
+        **({"text": directory(f"{DATA}/text")} if config["data"].get("source") == "muse" else {}),
         manifest=f"{DATA}/manifest.json",
     params:
         **job("prepare_data", lambda w: {}),

@@ -6,10 +6,10 @@
   (forgetlab.data.tofu, forgetlab.data.muse).
 
 Every source writes into `out_dir`: corpus.jsonl (pretraining text; may be empty), qa/<split>.jsonl
-(forgetlab's QA schema, see forgetlab.data.world), text/<set>.jsonl (raw documents {id, text}: what a
-muse study fine-tunes and unlearns on; the synthetic world's pretraining corpus), tokenizer/
-(save_pretrained) and manifest.json (the config, row counts and the sha256 of every file written or
-read). A source may write more (muse: verbmem/, privleak/; see forgetlab.data.muse).
+(forgetlab's QA schema, see forgetlab.data.world), tokenizer/ (save_pretrained) and manifest.json
+(the config, row counts and the sha256 of every file written or read). A muse study also writes
+text/<set>.jsonl (raw documents {id, text}, what it fine-tunes and unlearns on), verbmem/ and
+privleak/ (see forgetlab.data.muse); workflow/rules/data.smk declares text/ for muse only.
 """
 
 from __future__ import annotations

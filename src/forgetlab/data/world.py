@@ -321,7 +321,7 @@ def save_tokenizer_atomic(tokenizer, out: Path) -> None:
 def prepare(cfg: dict, out_dir: str | Path) -> dict:
     """Generate the world into `out_dir` and return the manifest written to manifest.json.
 
-    Layout: corpus.jsonl (also as text/corpus.jsonl), qa/{full,forget01,forget05,forget10,retain99,retain95,retain90,
+    Layout: corpus.jsonl, qa/{full,forget01,forget05,forget10,retain99,retain95,retain90,
     holdout,world_facts,real_authors,world_train}.jsonl, tokenizer/ (save_pretrained) and manifest.json.
     """
     from forgetlab.data.tokenizer import train_tokenizer
@@ -333,11 +333,8 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     corpus = build_corpus(world.people + world.real_authors, cfg["world"]["renderings"], seed)
     qa = build_qa_splits(world, cfg)
 
-    rows = {"corpus.jsonl": len(corpus), "text/corpus.jsonl": len(corpus)}
+    rows = {"corpus.jsonl": len(corpus)}
     write_jsonl(out / "corpus.jsonl", corpus)
-    # text/: the raw documents of the data (every source writes it; a muse study trains on its own),
-    # here the pretraining corpus, which nothing after pretraining reads
-    write_jsonl(out / "text" / "corpus.jsonl", corpus)
     for split, split_rows in qa.items():
         write_jsonl(out / "qa" / f"{split}.jsonl", split_rows)
         rows[f"qa/{split}.jsonl"] = len(split_rows)
