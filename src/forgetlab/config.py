@@ -125,6 +125,47 @@ def check_config(config: dict) -> None:
     init_from = config["model"].get("init_from")
     if init_from and not Path(init_from).is_dir():
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
+    check_prompt_format(config)
+    check_source(config)
+
+
+def check_prompt_format(config: dict) -> None:
+    """chat_template needs a checkpoint whose tokenizer has a chat template; the tags and chat
+    options belong to their format."""
+    model = config["model"]
+    fmt = model.get("prompt_format", "plain")
+    for option, owner in (("prompt_tags", "tags"), ("prompt_system", "chat_template"),
+                          ("chat_template_kwargs", "chat_template")):
+        if option in model and fmt != owner:
+            raise ConfigError(f"config key model.{option}: only used with model.prompt_format {owner} (it is {fmt})")
+    if fmt == "chat_template":
+        init_from = model.get("init_from")
+        if not init_from:
+            raise ConfigError("config key model.prompt_format: chat_template uses the chat template of the "
+                              "model.init_from checkpoint's tokenizer; set model.init_from")
+        tokenizer_config = Path(init_from) / "tokenizer_config.json"
+        has_template = (Path(init_from) / "chat_template.jinja").is_file() or (
+            tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text()))
+        if not has_template:
+            raise ConfigError(f"config key model.prompt_format: chat_template, but the tokenizer of {init_from} "
+                              "has no chat template (use plain or tags)")
+
+
+def check_source(config: dict) -> None:
+    """A tofu study starts from a checkpoint, and computes only the metrics TOFU's fields allow."""
+    data = config["data"]
+    if data.get("source") != "tofu":
+        return
+    from forgetlab.data.tofu import unsupported_metrics
+
+    if not config["model"].get("init_from"):
+        raise ConfigError("config key model.init_from: a tofu study fine-tunes a local checkpoint (its tokenizer "
+                          "encodes TOFU's text); set it")
+    for i, reason in unsupported_metrics(data, config["evaluate"]["metrics"]):
+        raise ConfigError(f"config key evaluate.metrics[{i}]: {reason}")
+    if sequential_runs(config)["chunks"] and sequential_runs(config)["methods"]:
+        raise ConfigError("config key sequential: sequential unlearning chunks a split by author, and TOFU's files "
+                          "name no authors")
 
 
 def sequential_runs(config: dict) -> dict:
@@ -147,6 +188,8 @@ def check_sequential(config: dict) -> None:
                 raise ConfigError(f"config key sequential.{key}[{i}]: {name!r} is not one of the study's {key} "
                                   f"({', '.join(known)})")
     runs = sequential_runs(config)
+    if config["data"].get("source", "synthetic") != "synthetic":
+        return  # the authors of a published source are known only from its files (see check_source)
     for split in runs["splits"]:
         authors = forget_size(FORGET_SPLITS[split], config["data"]["authors"]["n"])
         if runs["chunks"] > authors:
@@ -288,6 +331,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
     if config.get("distributed") and stage in ("pretrain", "finetune"):
         base["distributed"] = config["distributed"]  # absent: one process (existing studies' params unchanged)
     if stage == "prepare_data":
+        if config["data"].get("source") == "tofu":  # its tokenizer is model.init_from's
+            return {**base, "data": config["data"], "tokenizer_from": config["model"].get("init_from")}
         return {**base, "data": config["data"]}
     if stage == "pretrain":
         return {**base, "seed": config["data"]["seed"], "model": config["model"], "train": config["pretrain"]}
@@ -319,6 +364,9 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
             params["regularizers"] = entry_components(config, coords["regularizer"])
         if coords.get("method"):
             params["method_spec"] = config["methods"][coords["method"]]
+        if config["data"].get("source") == "tofu":  # TOFU's retain evaluation set and the split's holdout
+            from forgetlab.data.tofu import eval_files
+            params["eval_files"] = eval_files(coords["split"])
         return params
     if stage == "report":
         params = {**base, "metrics": config["evaluate"]["metrics"]}
