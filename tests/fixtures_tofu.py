@@ -4,6 +4,7 @@ Hugging Face Llama with a BPE tokenizer that has a chat template, saved as a loc
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -70,10 +71,10 @@ def tofu_files(seed: int = 0) -> dict[str, list[dict]]:
     files = {"full": base(full)}
     for split, pct in FORGET_SPLITS.items():
         k = forget_size(pct, len(full))
-        files[split], files[f"{split}_perturbed"] = base(full[-k:]), full[-k:]
+        files[split], files[f"{split}_perturbed"] = base(full[-k:]), copy.deepcopy(full[-k:])
         files[RETAIN_OF[split]] = base(full[:-k])
         files[f"holdout{split[-2:]}"] = base(holdout[:k])
-    files["retain_perturbed"] = full[:8]
+    files["retain_perturbed"] = copy.deepcopy(full[:8])
     for kind, name in (("old", "real_authors"), ("famous", "world_facts")):
         rows = general_rows(kind, rng, 6)
         files[f"{name}_perturbed"], files[name] = rows, base(rows)
