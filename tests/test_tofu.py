@@ -153,6 +153,11 @@ def test_a_tofu_study_needs_init_from(tofu_dir, checkpoint):
         check(config)
 
 
+def test_a_missing_data_path_is_named(tmp_path, checkpoint):
+    with pytest.raises(ConfigError, match=r"config key data\.path: directory .*absent does not exist"):
+        check(study(tmp_path / "absent", checkpoint))
+
+
 @pytest.mark.parametrize("metric", ["form_robustness", "model_utility_para", "world_facts_truth_ratio_para",
                                     "real_authors_option_prob_para", "holdout_truth_ratio"])
 def test_metrics_that_need_fields_tofu_lacks_are_refused(tofu_dir, checkpoint, metric):
@@ -175,6 +180,13 @@ def test_holdout_truth_ratio_is_allowed_with_the_holdouts_perturbed_files(tmp_pa
 def test_sequential_unlearning_is_refused_without_author_ids(tofu_dir, checkpoint):
     config = study(tofu_dir, checkpoint, sequential={"chunks": 2, "regularizers": ["none"], "methods": ["npo"]})
     with pytest.raises(ConfigError, match=r"config key sequential:"):
+        check(config)
+
+
+def test_a_world_training_stage_is_refused(tofu_dir, checkpoint):
+    config = study(tofu_dir, checkpoint, stages={"general": {"data": "world"}, "qa": {"data": "authors"}},
+                   paths={"world_first": ["general", "qa"]})
+    with pytest.raises(ConfigError, match=r"config key stages\.general\.data"):
         check(config)
 
 

@@ -158,12 +158,20 @@ def check_source(config: dict) -> None:
         return
     from forgetlab.data.tofu import unsupported_metrics
 
+    if not Path(data["path"]).is_dir():
+        raise ConfigError(f"config key data.path: directory {data['path']} does not exist (it holds TOFU's files)")
     if not config["model"].get("init_from"):
         raise ConfigError("config key model.init_from: a tofu study fine-tunes a local checkpoint (its tokenizer "
                           "encodes TOFU's text); set it")
-    for i, reason in unsupported_metrics(data, config["evaluate"]["metrics"]):
+    refused = unsupported_metrics(data, config["evaluate"]["metrics"])
+    if refused:
+        i, reason = refused[0]
         raise ConfigError(f"config key evaluate.metrics[{i}]: {reason}")
-    if sequential_runs(config)["chunks"] and sequential_runs(config)["methods"]:
+    for name, stage in (config.get("stages") or {}).items():
+        if stage["data"] == "world":
+            raise ConfigError(f"config key stages.{name}.data: world trains on the synthetic world's world_train "
+                              "split, which a tofu study does not have")
+    if sequential_runs(config)["methods"]:
         raise ConfigError("config key sequential: sequential unlearning chunks a split by author, and TOFU's files "
                           "name no authors")
 
