@@ -35,7 +35,7 @@ def fixtures(tmp_path_factory):
 def converted(fixtures, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted") / "data"
     manifest = prepare_data({"source": "muse", "path": str(fixtures["path"]), "seed": 0,
-                             "init_from": str(fixtures["model"])}, out)
+                             "tokenizer_from": str(fixtures["model"])}, out)
     return out, manifest
 
 
@@ -156,7 +156,7 @@ def checked(config: dict) -> None:
 def test_the_fixture_study_passes_and_its_params_say_muse(fixtures):
     config = study_config(fixtures["path"], fixtures["model"])
     checked(config)
-    assert stage_params(config, "prepare_data")["init_from"] == str(fixtures["model"])
+    assert stage_params(config, "prepare_data")["tokenizer_from"] == str(fixtures["model"])
     params = stage_params(config, "unlearn", regularizer="none", seed=0, split="forget", method="npo")
     assert params["data_source"] == "muse" and params["retain_split"] == "retain"
 

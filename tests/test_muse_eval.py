@@ -100,7 +100,7 @@ def scored(tmp_path_factory):
     model_dir = tiny_llama(root / "target", all_texts(data))
     out = root / "data"
     prepare_data({"source": "muse", "path": str(write_corpus(root / "muse", data)), "seed": 0,
-                  "init_from": str(model_dir)}, out)
+                  "tokenizer_from": str(model_dir)}, out)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     ev = {"batch_size": 3, "max_new_tokens": 6, "max_length": 24, "verbmem_max_new_tokens": 5}
     return {"table": score_muse(model, tok, out, ev), "model": model, "tok": tok, "data": out, "ev": ev}

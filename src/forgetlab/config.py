@@ -128,19 +128,44 @@ def check_config(config: dict) -> None:
     init_from = config["model"].get("init_from")
     if init_from and not Path(init_from).is_dir():
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
+    check_prompt_format(config)
     check_source(config, build_method)
 
 
+def check_prompt_format(config: dict) -> None:
+    """chat_template needs a checkpoint whose tokenizer has a chat template; the tags and chat
+    options belong to their format."""
+    model = config["model"]
+    fmt = model.get("prompt_format", "plain")
+    for option, owner in (("prompt_tags", "tags"), ("prompt_system", "chat_template"),
+                          ("chat_template_kwargs", "chat_template")):
+        if option in model and fmt != owner:
+            raise ConfigError(f"config key model.{option}: only used with model.prompt_format {owner} (it is {fmt})")
+    if fmt == "chat_template":
+        init_from = model.get("init_from")
+        if not init_from:
+            raise ConfigError("config key model.prompt_format: chat_template uses the chat template of the "
+                              "model.init_from checkpoint's tokenizer; set model.init_from")
+        tokenizer_config = Path(init_from) / "tokenizer_config.json"
+        has_template = (Path(init_from) / "chat_template.jinja").is_file() or (
+            tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text()))
+        if not has_template:
+            raise ConfigError(f"config key model.prompt_format: chat_template, but the tokenizer of {init_from} "
+                              "has no chat template (use plain or tags)")
+
+
 def check_source(config: dict, build_method) -> None:
-    """The data source's own checks (forgetlab.data.muse.check_study for a muse study)."""
-    from forgetlab.data import muse
+    """The data source's own checks (forgetlab.data.muse and .tofu: check_study)."""
+    from forgetlab.data import muse, tofu
 
     try:
         if config["data"].get("source") == "muse":
             muse.check_study(config, build_method)
         else:
             muse.check_synthetic_splits(config)
-    except muse.MuseDataError as e:
+        if config["data"].get("source") == "tofu":
+            tofu.check_study(config)
+    except (muse.MuseDataError, tofu.TofuDataError) as e:
         raise ConfigError(f"config key {e}") from None
 
 
@@ -164,7 +189,9 @@ def check_sequential(config: dict) -> None:
                 raise ConfigError(f"config key sequential.{key}[{i}]: {name!r} is not one of the study's {key} "
                                   f"({', '.join(known)})")
     runs = sequential_runs(config)
-    for split in [s for s in runs["splits"] if s in FORGET_SPLITS]:  # a muse study has no sequential runs
+    if config["data"].get("source", "synthetic") != "synthetic":
+        return  # the authors of a published source are known only from its files (see check_source)
+    for split in runs["splits"]:
         authors = forget_size(FORGET_SPLITS[split], config["data"]["authors"]["n"])
         if runs["chunks"] > authors:
             raise ConfigError(f"config key sequential.chunks: {runs['chunks']} chunks, but split {split} has only "
@@ -307,8 +334,8 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
     if config["data"].get("source") == "muse" and stage in ("prepare_data", "finetune", "unlearn", "evaluate"):
         base["data_source"] = "muse"  # raw-text training, MUSE's evaluation sets (absent: synthetic, unchanged)
     if stage == "prepare_data":
-        if base.get("data_source") == "muse":  # the tokenizer comes from the checkpoint
-            base["init_from"] = config["model"].get("init_from")
+        if config["data"].get("source") in ("tofu", "muse"):  # its tokenizer is model.init_from's
+            return {**base, "data": config["data"], "tokenizer_from": config["model"].get("init_from")}
         return {**base, "data": config["data"]}
     if stage == "pretrain":
         return {**base, "seed": config["data"]["seed"], "model": config["model"], "train": config["pretrain"]}
@@ -340,6 +367,9 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
             params["regularizers"] = entry_components(config, coords["regularizer"])
         if coords.get("method"):
             params["method_spec"] = config["methods"][coords["method"]]
+        if config["data"].get("source") == "tofu":  # TOFU's retain evaluation set and the split's holdout
+            from forgetlab.data.tofu import eval_files
+            params["eval_files"] = eval_files(coords["split"])
         return params
     if stage == "report":
         params = {**base, "metrics": config["evaluate"]["metrics"]}

@@ -138,10 +138,10 @@ def converted(data: dict) -> dict[str, list[dict]]:
 def prepare(cfg: dict, out_dir: str | Path, init_from: str | None = None) -> dict:
     """Check the MUSE files of `cfg["path"]` and write the layout above into `out_dir`; returns the
     manifest. `init_from` (model.init_from) provides the tokenizer; the stage passes it as
-    cfg["init_from"] when it is not given."""
+    cfg["tokenizer_from"] when it is not given."""
     from forgetlab.model import load_tokenizer
 
-    init_from = init_from or cfg.get("init_from")
+    init_from = init_from or cfg.get("tokenizer_from")
     if not init_from:
         raise MuseDataError("model.init_from: a muse study needs a local checkpoint (the model to fine-tune on "
                             "MUSE, whose tokenizer the data uses); set model.init_from")

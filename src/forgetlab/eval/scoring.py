@@ -56,7 +56,7 @@ import pandas as pd
 from forgetlab.eval.forms import FORM_COLUMNS, NO_FORMS, score_forms
 from forgetlab.eval.passes import greedy_continuations, grad_norms, timed, token_stats
 from forgetlab.metrics import EvalInputError
-from forgetlab.qa import encode_prompt, encode_qa
+from forgetlab.qa import encode_prompt, encode_qa, qa_parts
 
 COLUMNS = [
     "split", "id", "entity_id", "attribute", "question", "answer",
@@ -139,10 +139,11 @@ def check_rows(rows: list[dict], split: str) -> None:
 
 def verbmem_prompt(tokenizer, question: str, answer: str) -> tuple[list[int], int, str]:
     """(prefix ids, prefix answer tokens h, true continuation text) for one forget QA row:
-    prompt + the first h = n // 2 of the n tokens of " " + answer (eos excluded)."""
-    reply = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    prompt + the first h = n // 2 of the n answer tokens (" " + answer in the plain format; the end
+    tokens, eos included, excluded; see forgetlab.qa.qa_parts)."""
+    prompt, reply, _ = qa_parts(tokenizer, question, answer)
     h = len(reply) // 2
-    return encode_prompt(tokenizer, question) + reply[:h], h, tokenizer.decode(reply[h:], skip_special_tokens=True).strip()
+    return prompt + reply[:h], h, tokenizer.decode(reply[h:], skip_special_tokens=True).strip()
 
 
 def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int = 32,

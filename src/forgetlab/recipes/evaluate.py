@@ -30,10 +30,11 @@ PATH_LABELS = ("path",)  # only the models of a study with training paths have i
 
 def eval_splits(params: dict, data_dir: Path) -> dict[str, list[dict]]:
     """The five evaluation sets (TOFU's forget, retain, real_authors and world_facts, plus the
-    holdout); all but forget capped to a fixed seeded subset of `max_samples`. A missing or empty
+    holdout; a source's `eval_files` may name other files for a role, e.g. TOFU's retain_eval); all
+    but forget capped to a fixed seeded subset of `max_samples`. A missing or empty
     file, or a row without an answer, is an error naming the file."""
     files = {"forget": params["split"], "retain": params["retain_split"], "holdout": "holdout",
-             "world_facts": "world_facts", "real_authors": "real_authors"}
+             "world_facts": "world_facts", "real_authors": "real_authors", **params.get("eval_files", {})}
     cap = params["evaluate"].get("max_samples")
     splits = {}
     for role, name in files.items():

@@ -1,5 +1,5 @@
 """prepare_data: generate the synthetic world, its QA splits and its BPE tokenizer from a seed, or
-convert a local benchmark (data.source; forgetlab.data)."""
+check and convert a published benchmark's files (`data.source`, forgetlab.data)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from forgetlab.tracking import stage_run
 def run(params: dict, out: Path) -> None:
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         data = params["data"]
-        if params.get("init_from"):  # a muse study: the tokenizer of model.init_from
-            data = {**data, "init_from": params["init_from"]}
+        if params.get("tokenizer_from"):  # tofu, muse: the tokenizer of model.init_from
+            data = {**data, "tokenizer_from": params["tokenizer_from"]}
         manifest = prepare_data(data, tmp)
         counts = {f"rows_{Path(name).stem}": n for name, n in manifest["rows"].items()}
         mlrun.log_metrics(counts)

@@ -2,6 +2,8 @@
 
 With `model.init_from: <dir>` the pretraining is skipped: the local safetensors checkpoint (and
 its tokenizer) is loaded and re-saved as this stage's output, so later stages are unchanged.
+The study's prompt format (`model.prompt_format`) is recorded in the output's tokenizer config,
+where every later stage reads it (forgetlab.qa.set_prompt_format).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, check_checkpoint, device, load_model, load_tokenizer, new_llama, save_model
-from forgetlab.qa import encode_text
+from forgetlab.qa import encode_text, prompt_spec, set_prompt_format
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, num_steps, seed_everything, train
@@ -40,6 +42,7 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
             model = train(model, lm_loss, iter(loader), steps, cfg, log=ckpt.log, desc="pretrain",
                           checkpoint=ckpt, precision=params.get("precision", "auto"))
             mlrun.log_metrics({"pretrain_steps": steps, "n_parameters": sum(p.numel() for p in model.parameters())})
+        set_prompt_format(tokenizer, prompt_spec(params["model"]))
         save_model(model, tokenizer, tmp)
         write_json(tmp / "forgetlab_stage.json", params)
     if ckpt is not None:
