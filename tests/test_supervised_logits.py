@@ -1,10 +1,11 @@
 """train.supervised_logits: the LM head only at the supervised positions (forgetlab.losses.forward_supervised).
 
 The full forward and the supervised-only one must give every loss term of lm_loss the same logits,
-so the same loss and gradients. The logits rows and the loss come out equal; the gradient of the
-(tied) embedding/head weight is a sum over fewer rows (the full path adds zeros for the prompt and
-padding rows, in another blocking of the matmul), so the gradients are compared with allclose: that
-is why the setting is off by default (the default study's numbers do not move).
+so the same loss and gradients. The logits rows and the loss are compared to rtol 1e-6 (they come
+out bit-equal on the CPU here); the gradient of the (tied) embedding/head weight is a sum over fewer
+rows (the full path adds zeros for the prompt and padding rows, in another blocking of the matmul),
+so the gradients are compared with allclose: that is why the setting is off by default (the default
+study's numbers do not move).
 """
 
 from __future__ import annotations
