@@ -3,12 +3,14 @@
 All runs fine-tune the same freshly initialised default-size Llama on the default world's QA
 (answer-masked, right-padded batches from the same collate function, each padded to its own longest
 example), with the same batch size, optimizer (AdamW), schedule (warmup + cosine), clipping, one CPU
-thread, and no logging or checkpointing. Four loops: forgetlab as configured (plain shuffled
+thread, and no logging or checkpointing. Six loops: forgetlab as configured (plain shuffled
 batches, per-tensor AdamW), forgetlab with `group_by_length: true`, forgetlab with that and
-`fused_adamw: true`, and the `Trainer` with its defaults (a plain random sampler, no length grouping;
-its default optimizer is torch's fused AdamW). The runs alternate A, B, C, D, A, B... in one process.
+`fused_adamw: true`, both of these with `supervised_logits: true` (the LM head only at the
+supervised positions), and the `Trainer` with its defaults (a plain random sampler, no length
+grouping; its default optimizer is torch's fused AdamW). The runs alternate A, B, C, ..., A, B...
+in one process.
 
-Each round measures the matmul peak, then runs the four loops back to back. Per run, on the
+Each round measures the matmul peak, then runs the six loops back to back. Per run, on the
 process's CPU time (time.process_time: on a shared machine it leaves out the time other jobs hold
 the cores; the wall time is kept beside it): examples/s; tokens/s (non-padding tokens); the padding
 share of the tokens computed (padded batch cells that are padding); and the model FLOPs utilisation
@@ -23,7 +25,10 @@ beside it). The script writes the best run (the least disturbed) and the median 
 each round's ratio of examples/s (forgetlab / Trainer; above 1 means forgetlab is faster) with their
 median, min and max.
 
-    python benchmarks/train_loop_vs_trainer.py [--steps 60] [--repeats 3] [--profile]
+MFU counts the model's FLOPs (the LM head on every token), also for the `supervised_logits` loops,
+which skip part of them.
+
+    python benchmarks/train_loop_vs_trainer.py [--steps 60] [--repeats 3] [--profile [--profile-supervised-logits]]
 """
 
 from __future__ import annotations
@@ -69,7 +74,8 @@ class Count:
 def ours(model, examples, pad_id, cfg: TrainConfig, steps: int, count: Count) -> float:
     loader = Loader(examples, cfg.batch_size, pad_id, seed=0, group_by_length=cfg.group_by_length,
                     megabatch=cfg.length_megabatch)
-    return timed(lambda: train(model, lm_loss, map(count, iter(loader)), steps, cfg, desc="forgetlab loop"))
+    loss = partial(lm_loss, supervised_logits=cfg.supervised_logits)
+    return timed(lambda: train(model, loss, map(count, iter(loader)), steps, cfg, desc="forgetlab loop"))
 
 
 def hf_trainer(model, examples, pad_id, cfg: TrainConfig, steps: int, count: Count, workdir: str) -> float:
@@ -139,23 +145,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="print forgetlab's (grouped) loop's profile and stop")
+    ap.add_argument("--profile-supervised-logits", action="store_true",
+                    help="with --profile: the grouped loop with supervised_logits")
     args = ap.parse_args()
     torch.set_num_threads(1)
     config = yaml.safe_load(Path(args.config).read_text())
     plain = TrainConfig(**config["finetune"])
     grouped = dataclasses.replace(plain, group_by_length=True)
     fused = dataclasses.replace(grouped, fused_adamw=True)
+    head = dataclasses.replace(grouped, supervised_logits=True)
+    head_fused = dataclasses.replace(fused, supervised_logits=True)
     mc = config["model"]
     with tempfile.TemporaryDirectory() as tmp:
         tok, examples = finetune_examples(config, tmp, plain.max_length)
         if args.profile:
-            profile(config, examples, tok, grouped, args.steps)
+            profile(config, examples, tok, head if args.profile_supervised_logits else grouped, args.steps)
             return
         n_weights = matmul_weights(new_llama(mc, tok))
         loops = {
             "forgetlab": lambda m, c: ours(m, examples, tok.pad_token_id, plain, args.steps, c),
             "forgetlab_group_by_length": lambda m, c: ours(m, examples, tok.pad_token_id, grouped, args.steps, c),
             "forgetlab_group_by_length_fused_adamw": lambda m, c: ours(m, examples, tok.pad_token_id, fused, args.steps, c),
+            "forgetlab_group_by_length_supervised_logits":
+                lambda m, c: ours(m, examples, tok.pad_token_id, head, args.steps, c),
+            "forgetlab_group_by_length_fused_adamw_supervised_logits":
+                lambda m, c: ours(m, examples, tok.pad_token_id, head_fused, args.steps, c),
             "hf_trainer": lambda m, c: hf_trainer(m, examples, tok.pad_token_id, plain, args.steps, c, tmp),
         }
         runs, peaks, shaped = {name: [] for name in loops}, [], []

@@ -128,13 +128,13 @@ CHECK_TWICE = """
 import sys, yaml
 from forgetlab.config import check_or_exit
 check_or_exit(yaml.safe_load(open(sys.argv[1])), sys.argv[2])
-print("torch" in sys.modules)
+print("torch" in sys.modules, "jsonschema" in sys.modules)
 """
 
 
 def test_a_checked_config_is_not_checked_again_and_planning_skips_torch(tmp_path):
-    """The registries (torch, every component built) run once per config and package state; a
-    stamp then lets planning a finished study skip them. A changed config is checked afresh."""
+    """The schema and the registries (torch, every component built) run once per config and package
+    state; a stamp then lets planning a finished study skip both. A changed config is checked afresh."""
     def run(config):
         proc = subprocess.run([sys.executable, "-c", CHECK_TWICE, str(config), str(tmp_path / "stamps")],
                               capture_output=True, text=True, env=cli_env())
@@ -142,8 +142,8 @@ def test_a_checked_config_is_not_checked_again_and_planning_skips_torch(tmp_path
         return proc.stdout.strip()
 
     good = REPO / "config" / "smoke.yaml"
-    assert run(good) == "True" and len(list((tmp_path / "stamps").iterdir())) == 1
-    assert run(good) == "False"
+    assert run(good) == "True True" and len(list((tmp_path / "stamps").iterdir())) == 1
+    assert run(good) == "False False"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(mutated(lambda c: c["methods"]["npo"].update(plugins=["salun"]))))
     proc = subprocess.run([sys.executable, "-c", CHECK_TWICE, str(bad), str(tmp_path / "stamps")],

@@ -182,7 +182,7 @@ def test_fused_adamw_is_the_same_update():
     ("finetune", "betas", "0.9,0.95"), ("unlearn", "weight_decay", -0.01), ("pretrain", "schedule", 1),
     ("finetune", "warmup_ratio", 1.5), ("unlearn", "min_lr_ratio", float("nan")), ("unlearn", "betas", [-0.1, 0.9]),
     ("finetune", "group_by_length", "yes"), ("unlearn", "length_megabatch", 0), ("pretrain", "sync_every", 0),
-    ("finetune", "fused_adamw", 1),
+    ("finetune", "fused_adamw", 1), ("finetune", "supervised_logits", "yes"),
 ])
 def test_config_schema_rejects_bad_loop_keys_naming_them(section, key, value):
     """The loop settings' ranges live in the schema alone ($defs/train), for every train section."""

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from forgetlab import paths
@@ -63,12 +62,12 @@ def check_or_exit(config: dict, stamps: str | Path = ".snakemake/forgetlab") -> 
     line naming the key (no traceback), before any job is planned.
 
     The registries import torch and build every component (seconds), so a config that passed
-    them is stamped (`stamps/config-ok-<fingerprint>`) and not checked again until it, or any
-    file of the package, changes: planning a finished study stays fast."""
+    both is stamped (`stamps/config-ok-<fingerprint>`) and not checked again until it, or any
+    file of the package (the schema included), changes: planning a finished study stays fast."""
     try:
-        validate_schema(config)
         stamp = Path(stamps) / f"config-ok-{fingerprint(config)}"
         if not stamp.exists():
+            validate_schema(config)
             check_config(config)
             stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.touch()
@@ -94,6 +93,8 @@ def fingerprint(config: dict) -> str:
 
 
 def validate_schema(config: dict) -> None:
+    import jsonschema  # here, not at the top: a stamped config's planning does not need it
+
     check_finite(config)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))

@@ -21,6 +21,48 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
     return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], label_smoothing=label_smoothing)
 
 
+class SupervisedOutputs:
+    """A forward pass whose LM head ran only at the supervised positions (`lm_loss(...,
+    supervised_logits=True)`): `supervised` is logits[:, :-1][labels[:, 1:] != -100], (N, V), and
+    `hidden_states` is the decoder's (when asked for). There are no full `logits`: reading them is
+    an error, so a loss term that needs other positions cannot silently see the wrong ones."""
+
+    def __init__(self, supervised: torch.Tensor, hidden_states=None):
+        self.supervised, self.hidden_states = supervised, hidden_states
+
+    @property
+    def logits(self):
+        raise AttributeError("train.supervised_logits: the LM head ran only at the supervised positions; "
+                             "read them with forgetlab.losses.logits_at_supervised(outputs, labels)")
+
+
+def forward_supervised(model, batch: dict, hidden_states: bool = False) -> SupervisedOutputs:
+    """The decoder on the whole batch, then the LM head only where the next token is supervised: the
+    same logits there as the full forward's (up to the matmul's rounding), without computing the head
+    on the prompt and padding positions."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft-wrapped or not
+    out = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           output_hidden_states=hidden_states)
+    mask = batch["labels"][:, 1:] != IGNORE
+    head = lm.get_output_embeddings()
+    return SupervisedOutputs(head(out.last_hidden_state[:, :-1][mask]), out.hidden_states if hidden_states else None)
+
+
+def logits_at_supervised(outputs, labels: torch.Tensor) -> torch.Tensor:
+    """The next-token logits at the supervised positions t (those whose label at t+1 is not -100),
+    (N, V) in row-major order: what every supervised-position loss term is defined on."""
+    if isinstance(outputs, SupervisedOutputs):
+        return outputs.supervised
+    return outputs.logits[:, :-1][labels[:, 1:] != IGNORE]
+
+
+def supervised_nll(outputs, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """token_nll of a forward's outputs, full or SupervisedOutputs (the same operations on the same rows)."""
+    targets = labels[:, 1:]
+    return F.cross_entropy(logits_at_supervised(outputs, labels).float(), targets[targets != IGNORE],
+                           label_smoothing=label_smoothing)
+
+
 def nll(model, batch: dict) -> torch.Tensor:
     """Mean per-token negative log-likelihood of the supervised tokens of a batch."""
     return token_nll(forward(model, batch).logits, batch["labels"])
@@ -73,20 +115,27 @@ def kl_to_reference(model, reference, batch: dict) -> torch.Tensor:
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def lm_loss(model, batch: dict, regularizers=()) -> tuple[torch.Tensor, dict]:
+def lm_loss(model, batch: dict, regularizers=(), supervised_logits: bool = False) -> tuple[torch.Tensor, dict]:
     """The fine-tuning (and pretraining) loss: next-token cross-entropy on the supervised tokens,
-    replaced by at most one regularizer's `compute_loss`, plus every regularizer's `extra_loss`."""
+    replaced by at most one regularizer's `compute_loss`, plus every regularizer's `extra_loss`.
+    With `supervised_logits` (train setting) the LM head runs only at the supervised positions
+    (forward_supervised); the loss terms read their logits with logits_at_supervised either way."""
     hidden = any(r.needs_hidden_states for r in regularizers)
-    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden)
+    if supervised_logits:
+        outputs = forward_supervised(model, batch, hidden)
+    else:
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=hidden)
     loss = None
     for reg in regularizers:
         replaced = reg.compute_loss(batch, outputs, model)
         loss = replaced if replaced is not None else loss
     parts = {}
     if loss is None:
-        loss = token_nll(outputs.logits, batch["labels"])
+        loss = supervised_nll(outputs, batch["labels"])
     else:
-        parts["ce"] = token_nll(outputs.logits.detach(), batch["labels"]).item()
+        with torch.no_grad():
+            parts["ce"] = supervised_nll(outputs, batch["labels"]).item()
     for reg in regularizers:
         extra = reg.extra_loss(batch, outputs, model)
         if extra is not None:

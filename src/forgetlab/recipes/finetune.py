@@ -75,7 +75,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         steps = num_steps(cfg, len(loader))
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, *files])
-        model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
+        model = train(model, partial(lm_loss, regularizers=regularizers, supervised_logits=cfg.supervised_logits),
+                      iter(loader), steps, cfg,
                       hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
                       desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"))
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})

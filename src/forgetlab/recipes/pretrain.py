@@ -8,6 +8,7 @@ where every later stage reads it (forgetlab.qa.set_prompt_format).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from forgetlab.checkpoint import Checkpointer
@@ -39,7 +40,7 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
             steps = num_steps(cfg, len(loader))
             ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
                                           inputs=[data_dir / "corpus.jsonl", data_dir / "tokenizer"])
-            model = train(model, lm_loss, iter(loader), steps, cfg, log=ckpt.log, desc="pretrain",
+            model = train(model, partial(lm_loss, supervised_logits=cfg.supervised_logits), iter(loader), steps, cfg, log=ckpt.log, desc="pretrain",
                           checkpoint=ckpt, precision=params.get("precision", "auto"))
             mlrun.log_metrics({"pretrain_steps": steps, "n_parameters": sum(p.numel() for p in model.parameters())})
         set_prompt_format(tokenizer, prompt_spec(params["model"]))

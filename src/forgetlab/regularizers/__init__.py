@@ -12,6 +12,8 @@ the loss (forgetlab.losses.lm_loss):
     compute_loss(batch, outputs, model)    replace the cross-entropy (at most one per entry;
                                            set replaces_loss = True)
     extra_loss(batch, outputs, model)      a term added to the loss (logged under the name)
+A term on the supervised positions reads their logits with forgetlab.losses.logits_at_supervised
+(with the train setting `supervised_logits` the outputs have no full `logits`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from forgetlab.losses import logits_at_supervised
 from forgetlab.qa import IGNORE
 from forgetlab.regularizers import REGULARIZERS, Regularizer
 
@@ -51,7 +52,7 @@ class ConfidencePenalty(Regularizer):
     def _supervised(batch, outputs):
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE
-        return F.log_softmax(outputs.logits[:, :-1][mask].float(), -1), labels[mask], mask
+        return F.log_softmax(logits_at_supervised(outputs, batch["labels"]).float(), -1), labels[mask], mask
 
     def compute_loss(self, batch, outputs, model):
         if self.mode != "capped":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forgetlab.losses import token_nll
+from forgetlab.losses import supervised_nll
 from forgetlab.regularizers import REGULARIZERS, Regularizer
 
 
@@ -31,4 +31,4 @@ class LabelSmoothing(Regularizer):
 
     def compute_loss(self, batch, outputs, model):
         # torch's label_smoothing is exactly (1-eps)*NLL + eps*mean_k(-log p_k), ignored positions excluded
-        return token_nll(outputs.logits, batch["labels"], label_smoothing=self.epsilon)
+        return supervised_nll(outputs, batch["labels"], label_smoothing=self.epsilon)

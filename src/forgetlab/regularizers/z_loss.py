@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from forgetlab.losses import logits_at_supervised
 from forgetlab.qa import IGNORE
 from forgetlab.regularizers import REGULARIZERS, Regularizer
 
@@ -29,5 +30,5 @@ class ZLoss(Regularizer):
 
     def extra_loss(self, batch, outputs, model):
         mask = batch["labels"][:, 1:] != IGNORE
-        log_z = outputs.logits[:, :-1][mask].float().logsumexp(-1)  # (n_supervised,)
+        log_z = logits_at_supervised(outputs, batch["labels"]).float().logsumexp(-1)  # (n_supervised,)
         return self.coef * log_z.pow(2).sum() / mask.sum().clamp(min=1)
