@@ -20,7 +20,7 @@ from forgetlab.model import load_model, load_tokenizer
 from forgetlab.qa import IGNORE
 from forgetlab.regularizers import build_regularizers
 from forgetlab.train import TrainConfig, TrainContext
-from tests.helpers import batches
+from tests.helpers import REPO, batches
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,21 @@ def test_loss_and_gradients_match_the_full_logits_path(tiny_model_dir, qa_batch,
 
 def test_the_setting_is_off_by_default():
     assert TrainConfig(epochs=1, batch_size=1, lr=1e-3).supervised_logits is False
+
+
+@pytest.mark.parametrize("where", ["unlearn", "method"])
+def test_supervised_logits_in_an_unlearning_setting_is_refused_naming_the_key(where):
+    import yaml
+
+    from forgetlab.config import ConfigError, check_config, validate_schema
+
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    if where == "unlearn":
+        config["unlearn"]["supervised_logits"] = True
+        key = "unlearn.supervised_logits"
+    else:
+        config["methods"]["npo"]["train"] = {"supervised_logits": True}
+        key = "methods.npo.train.supervised_logits"
+    validate_schema(config)
+    with pytest.raises(ConfigError, match=f"config key {key.replace('.', '[.]')}: the unlearning losses"):
+        check_config(config)

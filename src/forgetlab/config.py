@@ -111,6 +111,12 @@ def check_config(config: dict) -> None:
     from forgetlab.unlearning import build_method
 
     check_finite(config)  # Snakemake's own schema validation lets NaN through
+    unlearn_settings = {"unlearn": config["unlearn"], **{f"methods.{e}.train": (m.get("train") or {})
+                                                         for e, m in config["methods"].items()}}
+    for key, settings in unlearn_settings.items():
+        if settings.get("supervised_logits"):
+            raise ConfigError(f"config key {key}.supervised_logits: the unlearning losses compute their own logits; "
+                              "supervised_logits applies to pretrain and finetune")
     for entry in config["regularizers"]:
         _build(f"regularizers.{entry}", build_regularizers, entry_components(config, entry))
     for entry, spec in config["methods"].items():
