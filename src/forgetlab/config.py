@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from forgetlab import paths
+from forgetlab import paths, strategies
 from forgetlab.registry import ComponentError
 from forgetlab.splits import FORGET_SPLITS, RETAIN_OF, forget_size
 
@@ -115,6 +115,7 @@ def check_config(config: dict) -> None:
         _build(f"methods.{entry}", build_method, spec)
     check_soups(config)
     check_sequential(config)
+    check_fsdp(config)
     try:
         paths.check_paths(config)
     except paths.PathError as e:
@@ -125,6 +126,41 @@ def check_config(config: dict) -> None:
     init_from = config["model"].get("init_from")
     if init_from and not Path(init_from).is_dir():
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
+
+
+def distributed_stages(config: dict) -> tuple[str, ...]:
+    """The stages whose jobs run data-parallel under the config's `distributed` section."""
+    return strategies.data_parallel_stages((config.get("distributed") or {}).get("strategy", "ddp"))
+
+
+SWITCHES = ("attn_implementation", "gradient_checkpointing")
+
+
+def model_switches(config: dict) -> dict:
+    """The model section's switches that the config sets (forgetlab.model.switches reads them)."""
+    return {k: config["model"][k] for k in SWITCHES if k in config.get("model", {})}
+
+
+def check_fsdp(config: dict) -> None:
+    """Under `distributed.strategy: fsdp`, refuse the regularizers, methods and plug-ins that
+    FSDP does not support (forgetlab.strategies.fsdp_refusal), naming the key and the reason."""
+    if (config.get("distributed") or {}).get("strategy") != "fsdp":
+        return
+    value = config["regularizers"]
+    for entry in value:
+        key = f"regularizers.{entry}" + (".regularizers" if isinstance(value[entry], dict) else "")
+        for i, spec in enumerate(entry_components(config, entry)):
+            _refuse(f"{key}[{i}].name", strategies.fsdp_refusal("regularizer", spec["name"]), spec["name"])
+    for entry, spec in config["methods"].items():
+        _refuse(f"methods.{entry}.name", strategies.fsdp_refusal("method", spec["name"]), spec["name"])
+        for i, plugin in enumerate(spec.get("plugins", [])):
+            name = plugin if isinstance(plugin, str) else plugin["name"]
+            _refuse(f"methods.{entry}.plugins[{i}]", strategies.fsdp_refusal("plugin", name), name)
+
+
+def _refuse(key: str, reason: str | None, name: str) -> None:
+    if reason is not None:
+        raise ConfigError(f"config key {key}: {name} is not supported with distributed.strategy fsdp: {reason}")
 
 
 def sequential_runs(config: dict) -> dict:
@@ -285,8 +321,10 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         base["path_stages"] = paths.study_paths(config)[coords["path"]]
     if "precision" in config and stage in ("pretrain", "finetune", "unlearn", "evaluate"):
         base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
-    if config.get("distributed") and stage in ("pretrain", "finetune"):
+    if config.get("distributed") and stage in distributed_stages(config):
         base["distributed"] = config["distributed"]  # absent: one process (existing studies' params unchanged)
+    if model_switches(config) and stage in ("finetune", "unlearn", "evaluate"):  # pretrain has the model section
+        base["model_switches"] = model_switches(config)  # absent: the defaults (existing studies' params unchanged)
     if stage == "prepare_data":
         return {**base, "data": config["data"]}
     if stage == "pretrain":

@@ -13,7 +13,8 @@ import numpy as np
 
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
-from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
+from forgetlab import distributed
+from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import collate, encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.regularizers import build_regularizers
@@ -52,7 +53,7 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
     seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(pretrained)
-        model = load_model(pretrained)
+        model = checkpointing(load_model(pretrained, distributed.load_device(params), **attention(params)), params)
         cfg = TrainConfig(**train_cfg)
         qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
         rows = read_jsonl(qa_file)
@@ -64,7 +65,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, qa_file])
         model = train(model, partial(lm_loss, regularizers=regularizers), iter(loader), steps, cfg,
                       hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
-                      desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"))
+                      desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"),
+                      strategy=distributed.strategy(params))
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
         for reg in regularizers:
             mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})

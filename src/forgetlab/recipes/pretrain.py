@@ -10,7 +10,9 @@ from pathlib import Path
 
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
-from forgetlab.model import atomic_dir, check_checkpoint, device, load_model, load_tokenizer, new_llama, save_model
+from forgetlab import distributed
+from forgetlab.model import (atomic_dir, attention, check_checkpoint, checkpointing, device, load_model, load_tokenizer,
+                             new_llama, save_model)
 from forgetlab.qa import encode_text
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.tracking import stage_run
@@ -25,11 +27,11 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         if init_from:
             check_checkpoint(init_from)
-            model, tokenizer = load_model(init_from), load_tokenizer(init_from)
+            model, tokenizer = load_model(init_from, **attention(params)), load_tokenizer(init_from)
             mlrun.log_metrics({"pretrain_steps": 0})
         else:
             tokenizer = load_tokenizer(data_dir / "tokenizer")
-            model = new_llama(params["model"], tokenizer).to(device())
+            model = checkpointing(new_llama(params["model"], tokenizer).to(device()), params)
             cfg = TrainConfig(**params["train"])
             corpus = [encode_text(tokenizer, row["text"], cfg.max_length) for row in read_jsonl(data_dir / "corpus.jsonl")]
             loader = Loader(corpus, cfg.batch_size, tokenizer.pad_token_id, params["seed"], device(),
@@ -38,7 +40,8 @@ def run(params: dict, data_dir: Path, out: Path) -> None:
             ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every,
                                           inputs=[data_dir / "corpus.jsonl", data_dir / "tokenizer"])
             model = train(model, lm_loss, iter(loader), steps, cfg, log=ckpt.log, desc="pretrain",
-                          checkpoint=ckpt, precision=params.get("precision", "auto"))
+                          checkpoint=ckpt, precision=params.get("precision", "auto"),
+                          strategy=distributed.strategy(params))
             mlrun.log_metrics({"pretrain_steps": steps, "n_parameters": sum(p.numel() for p in model.parameters())})
         save_model(model, tokenizer, tmp)
         write_json(tmp / "forgetlab_stage.json", params)
