@@ -191,5 +191,8 @@ def test_the_config_switch_runs_an_unlearn_job_as_fsdp_workers(smoke_data, tiny_
     client, run = finished_run(tmp_path / "m.db")  # exactly one run: rank 0's
     assert run.data.params["distributed.strategy"] == "fsdp"
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
-    assert run.data.metrics["peak_rss_mb"] > 0
+    assert run.data.metrics["peak_rss_mb"] > 0  # rank 0's peak memory (forgetlab.memory)
+    record = json.loads((out / "job.json").read_text())
+    assert record["resources"]["peak_rss_mb"] == run.data.metrics["peak_rss_mb"]
+    assert "peak_rss_mb" not in record["metrics"], "not among the aggregates that forgetlab verify compares"
     assert json.loads((out / "forgetlab_stage.json").read_text())["distributed"]["strategy"] == "fsdp"

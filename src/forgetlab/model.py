@@ -34,7 +34,10 @@ def attention(params: dict) -> dict:
 def checkpointing(model, params: dict):
     """Turn on gradient checkpointing (non-reentrant) when the config's model.gradient_checkpointing is true."""
     if switches(params).get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
