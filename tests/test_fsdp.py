@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from forgetlab.losses import lm_loss
 from forgetlab.model import load_model, load_tokenizer, save_model
 from forgetlab.train import Loader, TrainConfig, paired, seed_everything, train
 from forgetlab.unlearning import build_method
-from tests.helpers import cli_env, command, finished_run
+from tests.helpers import cli_env, command, finished_run, free_port
 
 
 def fsdp_available() -> bool:
@@ -45,12 +44,6 @@ pytestmark = [pytest.mark.e2e,
 
 STEPS, BATCH = 6, 8
 NPO = {"name": "npo", "beta": 0.1, "gamma": 1.0, "alpha": 1.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_llama() -> LlamaForCausalLM:
