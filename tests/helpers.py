@@ -21,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from forgetlab import memory
 from forgetlab.checkpoint import checkpoint_dir
 from forgetlab.config import stage_params
 from forgetlab.losses import lm_loss
@@ -234,9 +235,10 @@ def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[i
 
 
 def histories(client, run) -> dict[str, list[tuple[int, float]]]:
-    """Every metric's full history as (step, value), in logging order."""
+    """Every metric's full history as (step, value), in logging order (not the job's peak memory,
+    forgetlab.memory.METRICS: what the machine used, not what was computed)."""
     out = {}
-    for key in run.data.metrics:
+    for key in (k for k in run.data.metrics if k not in memory.METRICS):
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         out[key] = [(m.step, "nan" if math.isnan(m.value) else m.value) for m in history]
     return out

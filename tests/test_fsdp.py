@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
-from forgetlab.model import load_model, load_tokenizer, save_model
+from forgetlab.model import checkpointing, load_model, load_tokenizer, save_model
 from forgetlab.train import Loader, TrainConfig, paired, seed_everything, train
 from forgetlab.unlearning import build_method
 from tests.helpers import cli_env, command, finished_run, free_port
@@ -62,12 +62,13 @@ def examples(seed: int, n: int = 24) -> list[dict]:
     return [{"input_ids": x, "labels": x} for x in ids]
 
 
-def finetune(strategy: str, checkpoint: Checkpointer | None = None, every: int = 0):
+def finetune(strategy: str, checkpoint: Checkpointer | None = None, every: int = 0, recompute: bool = False):
     seed_everything(0)
     cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=1e-2, max_steps=STEPS, warmup_ratio=0.0, grad_accum=2,
                       checkpoint_every=every)
     loader = Loader(examples(1), BATCH, pad_id=0, seed=0)
-    return train(tiny_llama(), lm_loss, iter(loader), STEPS, cfg, checkpoint=checkpoint, strategy=strategy)
+    model = checkpointing(tiny_llama(), {"model_switches": {"gradient_checkpointing": recompute}})
+    return train(model, lm_loss, iter(loader), STEPS, cfg, checkpoint=checkpoint, strategy=strategy)
 
 
 def unlearn(strategy: str):
@@ -96,9 +97,10 @@ def worker(rank: int, world: int, port: int, outdir: str, tokenizer_dir: str) ->
         model = finetune("fsdp")
         local = model.model.layers[0].mlp.up_proj.weight.to_local().shape  # this rank's shard
         weights = full(model)
+        recomputed = full(finetune("fsdp", recompute=True))  # gradient checkpointing inside the FSDP units
         if rank == 0:
-            torch.save({"weights": weights, "shard": tuple(local), "sharded": distributed.sharded(model)},
-                       out / "finetune.pt")
+            torch.save({"weights": weights, "shard": tuple(local), "sharded": distributed.sharded(model),
+                        "recomputed": recomputed}, out / "finetune.pt")
 
         ckpt = lambda: Checkpointer(out / "ckpt" / "state.pt", every=3)  # noqa: E731
         first = full(finetune("fsdp", ckpt(), every=3))  # leaves its step-3 checkpoint behind
@@ -134,6 +136,12 @@ def test_two_fsdp_workers_shard_the_weights_and_take_the_steps_of_one_process(fs
         torch.testing.assert_close(run["weights"][name], w, rtol=1e-4, atol=1e-5, msg=f"{name} differs from one process")
     moved = sum(float((single[n] - tiny_llama().state_dict()[n]).abs().sum()) for n in single)
     assert moved > 0.1, "the run must actually train, or the comparison says nothing"
+
+
+def test_gradient_checkpointing_under_fsdp_trains_to_the_same_weights(fsdp_runs):
+    run = torch.load(fsdp_runs / "finetune.pt")
+    for name, w in run["weights"].items():  # the recomputed forward is the same computation
+        torch.testing.assert_close(run["recomputed"][name], w, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_an_fsdp_run_resumes_bit_identical_from_full_state_dicts(fsdp_runs):

@@ -25,6 +25,9 @@ from pathlib import Path
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 MB = 1024 * 1024
+# the MLflow metrics of a job's peak memory: they describe the machine's run, not the computation
+# (a resumed or rerun job logs other values), so comparisons of a job's numbers leave them out
+METRICS = ("peak_rss_mb", "peak_rss_above_start_mb", "peak_memory_method", "peak_cuda_allocated_mb")
 
 
 def _status_kb(field: str) -> int | None:

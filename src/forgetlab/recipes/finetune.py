@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
-from forgetlab import distributed
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import collate, encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json

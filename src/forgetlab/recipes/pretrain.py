@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
-from forgetlab import distributed
 from forgetlab.model import (atomic_dir, attention, check_checkpoint, checkpointing, device, load_model, load_tokenizer,
                              new_llama, save_model)
 from forgetlab.qa import encode_text

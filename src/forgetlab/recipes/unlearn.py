@@ -13,10 +13,10 @@ import random
 from importlib.resources import files
 from pathlib import Path
 
+from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.world import RELABEL_FIELD
 from forgetlab.eval.trajectory import Trajectory
-from forgetlab import distributed
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl, set_threads, write_json
