@@ -158,7 +158,9 @@ class Checkpointer:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            # data-parallel workers map the file (its pages shared through the page cache) rather than
+            # each reading a copy: a sharded 8B model's full state is ~100 GB
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=distributed.active())
         except Exception as e:
             print(f"forgetlab: checkpoint {self.path} is unreadable ({e}); starting afresh", file=sys.stderr)
             return None
