@@ -78,16 +78,18 @@ def ours(model, examples, pad_id, cfg: TrainConfig, steps: int, count: Count) ->
     return timed(lambda: train(model, loss, map(count, iter(loader)), steps, cfg, desc="forgetlab loop"))
 
 
-def hf_trainer(model, examples, pad_id, cfg: TrainConfig, steps: int, count: Count, workdir: str) -> float:
+def hf_trainer(model, examples, pad_id, cfg: TrainConfig, steps: int, count: Count, workdir: str,
+               clock=None, **device_args) -> float:
+    """The Trainer's run, on the CPU unless `device_args` say otherwise (the GPU benchmark: bf16)."""
     args = TrainingArguments(
         output_dir=workdir, per_device_train_batch_size=cfg.batch_size, max_steps=steps, learning_rate=cfg.lr,
         lr_scheduler_type="cosine", warmup_steps=int(round(cfg.warmup_ratio * steps)), max_grad_norm=cfg.max_grad_norm,
         weight_decay=cfg.weight_decay, adam_beta2=0.95, save_strategy="no", report_to=[], logging_strategy="no",
-        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        dataloader_num_workers=0, disable_tqdm=True, seed=0, **{"use_cpu": True, **device_args},
     )
     collator = lambda rows: count(collate(rows, pad_id))  # noqa: E731
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
-    return timed(trainer.train)
+    return (clock or timed)(trainer.train)
 
 
 def timed(run) -> tuple[float, float]:

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from forgetlab import memory
 from forgetlab.checkpoint import checkpoint_dir
 from forgetlab.config import stage_params
 from forgetlab.losses import lm_loss
@@ -34,6 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def smoke_config() -> dict:
     return yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+
+
+def free_port() -> int:
+    """A free TCP port on this host (a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli_env(**extra) -> dict:
@@ -226,9 +235,10 @@ def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[i
 
 
 def histories(client, run) -> dict[str, list[tuple[int, float]]]:
-    """Every metric's full history as (step, value), in logging order."""
+    """Every metric's full history as (step, value), in logging order (not the job's peak memory,
+    forgetlab.memory.METRICS: what the machine used, not what was computed)."""
     out = {}
-    for key in run.data.metrics:
+    for key in (k for k in run.data.metrics if k not in memory.METRICS):
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
         out[key] = [(m.step, "nan" if math.isnan(m.value) else m.value) for m in history]
     return out

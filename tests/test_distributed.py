@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.helpers import (
     cli_env,
     command,
     finished_run,
+    free_port,
     interrupted,
     smoke_config,
 )
@@ -35,12 +35,6 @@ pytestmark = [pytest.mark.e2e,
                                  reason="torch.distributed with gloo is not available")]
 
 STEPS, BATCH = 6, 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_llama() -> LlamaForCausalLM:

@@ -18,7 +18,9 @@ weights and the MLflow step metrics are bit-identical to an uninterrupted run. I
 new one: the step metrics of the steps before the checkpoint are logged to it again, and it is
 tagged `resumed_from_step` (and `resumed_from_run`). A checkpoint written for other parameters or
 other input files (a changed config, a retrained upstream model) is discarded, and the job starts
-afresh. The checkpoint directory is removed when the job succeeds.
+afresh. Under `distributed.strategy: fsdp` the model's and the optimizer's state are full state
+dicts gathered on rank 0 (forgetlab.distributed.model_state) and sharded again on resume: the same
+one-file checkpoint, and the same bit-identical guarantee on the CPU (tests/test_fsdp.py). The checkpoint directory is removed when the job succeeds.
 """
 
 from __future__ import annotations
@@ -156,7 +158,9 @@ class Checkpointer:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            # data-parallel workers map the file (its pages shared through the page cache) rather than
+            # each reading a copy: a sharded 8B model's full state is ~100 GB
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=distributed.active())
         except Exception as e:
             print(f"forgetlab: checkpoint {self.path} is unreadable ({e}); starting afresh", file=sys.stderr)
             return None
@@ -253,8 +257,8 @@ def snapshot(done, model, optimizer, scheduler, batches, ctx, hooks, log) -> dic
         loader.snapshots += 1
     state = {
         "step": done,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": distributed.model_state(model),  # of a sharded (fsdp) model: the full one, on rank 0
+        "optimizer": distributed.optimizer_state(model, optimizer),
         "scheduler": scheduler.state_dict(),
         "batches": batches.state_dict(),
         "context": {k: getattr(ctx, k).state_dict() for k in ("forget", "retain") if getattr(ctx, k) is not None},
@@ -291,8 +295,8 @@ def restore(state: dict, model, optimizer, scheduler, batches, ctx, hooks, log) 
     names = [hook_name(h) for h in hooks]
     if [n for n, _ in state["hooks"]] != names:
         raise CheckpointError(f"the checkpoint's hooks {[n for n, _ in state['hooks']]} are not this run's {names}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_model_state(model, state["model"])
+    distributed.load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     for k, loader_state in state["context"].items():
         getattr(ctx, k).load_state_dict(loader_state)

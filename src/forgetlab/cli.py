@@ -79,7 +79,7 @@ def resolve(stage: str, config: Path, at: list[str], threads: Optional[int] = No
 
 
 def data_parallel(params: dict) -> None:
-    """With `distributed.nproc_per_node` > 1 (pretrain, finetune): relaunch this command through
+    """With `distributed.nproc_per_node` > 1 (pretrain, finetune; unlearn under fsdp): relaunch this command through
     torchrun in that many workers (this process is replaced), or, inside a worker, join the group."""
     from forgetlab import distributed
 
@@ -148,7 +148,10 @@ def unlearn(target: Path = typer.Option(...), data: Path = typer.Option(...), ou
     model and --reference-model the original target)."""
     from forgetlab.recipes import unlearn as recipe
 
-    recipe.run(resolve("unlearn", config, at, threads), target, data, out, reference_model)
+    p = resolve("unlearn", config, at, threads)
+    data_parallel(p)  # distributed.strategy fsdp only: under ddp unlearn jobs run in one process
+    recipe.run(p, target, data, out, reference_model)
+    end_data_parallel()
 
 
 @app.command()

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from forgetlab import paths
+from forgetlab import paths, strategies
 from forgetlab.registry import ComponentError
 from forgetlab.splits import FORGET_SPLITS, forget_size, retain_of
 
@@ -125,6 +125,9 @@ def check_config(config: dict) -> None:
         _build(f"methods.{entry}", build_method, spec)
     check_soups(config)
     check_sequential(config)
+    refusal = strategies.fsdp_refusals(config)
+    if refusal:
+        raise ConfigError(f"config key {refusal}")
     try:
         paths.check_paths(config)
     except paths.PathError as e:
@@ -174,6 +177,14 @@ def check_source(config: dict, build_method) -> None:
             tofu.check_study(config)
     except (muse.MuseDataError, tofu.TofuDataError) as e:
         raise ConfigError(f"config key {e}") from None
+
+
+SWITCHES = ("attn_implementation", "gradient_checkpointing")
+
+
+def model_switches(config: dict) -> dict:
+    """The model section's switches that the config sets (forgetlab.model.switches reads them)."""
+    return {k: config["model"][k] for k in SWITCHES if k in config.get("model", {})}
 
 
 def sequential_runs(config: dict) -> dict:
@@ -336,10 +347,13 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
         base["path_stages"] = paths.study_paths(config)[coords["path"]]
     if "precision" in config and stage in ("pretrain", "finetune", "unlearn", "evaluate"):
         base["precision"] = config["precision"]  # absent: "auto" (so existing studies' params are unchanged)
-    if config.get("distributed") and stage in ("pretrain", "finetune"):
+    strategy = (config.get("distributed") or {}).get("strategy", "ddp")
+    if config.get("distributed") and stage in strategies.data_parallel_stages(strategy):
         base["distributed"] = config["distributed"]  # absent: one process (existing studies' params unchanged)
     if config["data"].get("source") == "muse" and stage in ("prepare_data", "finetune", "unlearn", "evaluate"):
         base["data_source"] = "muse"  # raw-text training, MUSE's evaluation sets (absent: synthetic, unchanged)
+    if model_switches(config) and stage in ("finetune", "unlearn", "evaluate"):  # pretrain has the model section
+        base["model_switches"] = model_switches(config)  # absent: the defaults (existing studies' params unchanged)
     if stage == "prepare_data":
         if config["data"].get("source") in ("tofu", "muse"):  # its tokenizer is model.init_from's
             return {**base, "data": config["data"], "tokenizer_from": config["model"].get("init_from")}

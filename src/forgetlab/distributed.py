@@ -24,8 +24,20 @@ What the workers share, and how (forgetlab.train calls these):
 * output: rank 0 alone logs to MLflow and saves the model; the other ranks' `stage_run` is silent
   and their `atomic_dir` is a throwaway directory.
 
-Unlearning runs in one process: its methods keep data-dependent state (pdu's dual variable,
-saliency masks) that would need syncing, and its jobs are short.
+Two strategies (`distributed.strategy`):
+* ddp (the default): the above. Every rank holds the whole model, its gradients and AdamW's state.
+  Unlearning runs in one process: its methods keep data-dependent state (pdu's dual variable,
+  saliency masks) that would need syncing, and its jobs are short.
+* fsdp: PyTorch's FSDP2 (`torch.distributed.fsdp.fully_shard`) shards the parameters, gradients and
+  optimizer state over the ranks (`shard_model`: one unit per decoder layer, the rest the root's),
+  so a model too large for one GPU's memory trains across the GPUs of a node. The data, the loss
+  and the control are shared as under ddp; FSDP's reduce-scatter averages the gradients (so
+  `average_gradients` is not called). Unlearning jobs run distributed too, the frozen reference
+  sharded like the model. Only the components that touch the model through its forward pass alone
+  are supported (forgetlab.strategies: the config check refuses the others, naming the key and why).
+  Checkpoints hold full (unsharded) state dicts gathered on rank 0 (`model_state`,
+  `optimizer_state`), and the final model is saved from the gathered full state dict.
+  With one process (nproc_per_node 1) fsdp is a plain one-process run.
 """
 
 from __future__ import annotations
@@ -41,13 +53,19 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("pretrain", "finetune")
+from forgetlab.strategies import data_parallel_stages
+
 EXIT_PREEMPTED = 143  # a job stopped by SIGTERM after checkpointing: 128 + SIGTERM, so that it is rerun
+
+
+def strategy(params: dict) -> str:
+    """The job's data-parallel strategy: ddp (the default) or fsdp."""
+    return (params.get("distributed") or {}).get("strategy", "ddp")
 
 
 def nproc(params: dict) -> int:
     """The worker count this stage job asks for (1: no launch)."""
-    if params.get("stage") not in STAGES:
+    if params.get("stage") not in data_parallel_stages(strategy(params)):
         return 1
     return int((params.get("distributed") or {}).get("nproc_per_node", 1))
 
@@ -198,3 +216,101 @@ def finish() -> None:
     if active():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+# --- fsdp: sharding, full state dicts, and what it supports ---------------------------------
+
+def device() -> torch.device:
+    """This rank's device (its GPU, or the CPU)."""
+    return _device()
+
+
+def load_device(params: dict) -> torch.device | None:
+    """Where a job loads its model: on the CPU under fsdp in a data-parallel run (shard_model then
+    moves each rank's shard to its GPU, so no GPU holds the whole model), else None (the default)."""
+    return torch.device("cpu") if strategy(params) == "fsdp" and active() else None
+
+
+def sharded(model) -> bool:
+    """True for a model sharded by `shard_model` (an FSDP2 module)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard_model(model, compute_dtype: torch.dtype | None = None):
+    """Shard `model` over the ranks with FSDP2: each of its decoder layers (the transformers
+    model's `_no_split_modules`) is one unit, all-gathered for its forward and backward and freed
+    after; the embeddings, the final norm and the head are the root unit's. With a `compute_dtype`
+    (bf16 autocast) the layers compute in it and gradients are reduced in float32; the sharded
+    parameters and AdamW's state stay float32. A CPU model moves to this rank's device here."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype \
+        else MixedPrecisionPolicy()
+    units = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in units:
+            fully_shard(module, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def model_state(model) -> dict:
+    """The model's state dict; of a sharded model, the full one, gathered on rank 0 (the other
+    ranks get {}): a collective, every rank calls it."""
+    if not sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def load_model_state(model, state: dict) -> None:
+    """Load a full state dict (every rank holds it) into the model, sharding it if it is sharded."""
+    if not sharded(model):
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_options())
+
+
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's state dict; of a sharded model's optimizer, the full one (keyed by parameter
+    name), gathered on rank 0."""
+    if not sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    if not sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_options())
+
+
+def saved_state(model) -> dict | None:
+    """What `save_pretrained` writes of a sharded model: its full state dict without the repeated
+    names of tied weights (as a plain model's save), on rank 0; None for a plain model."""
+    if not sharded(model):
+        return None
+    state = model_state(model)
+    keep = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in state.items() if k in keep}
+
+
+def full_tensor(t):
+    """A plain tensor of a sharded model's DTensor (e.g. the clipped gradient norm)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

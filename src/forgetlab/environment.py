@@ -193,13 +193,15 @@ class Job:
     def environment(self) -> dict:
         return self.record["environment"]
 
-    def finish(self, metrics: dict, run_id: str | None) -> Path | None:
+    def finish(self, metrics: dict, run_id: str | None, resources: dict | None = None) -> Path | None:
         out = Path(self.record["out"])
         if not out.is_dir():
             return None
         record = {**self.record, "metrics": metrics, "mlflow_run_id": run_id,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
                   "seconds": round(time.time() - self.started, 3)}
+        if resources is not None:  # what the job used (its peak memory): not compared by verify
+            record["resources"] = resources
         tmp = out / f".{JOB_FILE}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
         os.replace(tmp, out / JOB_FILE)

@@ -14,6 +14,31 @@ from forgetlab import distributed
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("attn_implementation", "gradient_checkpointing")
+
+
+def switches(params: dict) -> dict:
+    """The model switches a job's params set (forgetlab.config.model_switches): pretrain's are in
+    its model section, the other stages' in `model_switches`. Absent: the defaults (sdpa attention,
+    transformers' default and what the studies always used; no gradient checkpointing)."""
+    section = params["model"] if isinstance(params.get("model"), dict) else params.get("model_switches") or {}
+    return {k: section[k] for k in SWITCHES if k in section}
+
+
+def attention(params: dict) -> dict:
+    """`attn_implementation` for load_model / new_llama when the config sets it ({} otherwise)."""
+    impl = switches(params).get("attn_implementation")
+    return {"attn_implementation": impl} if impl else {}
+
+
+def checkpointing(model, params: dict):
+    """Turn on gradient checkpointing (non-reentrant) when the config's model.gradient_checkpointing is true."""
+    if switches(params).get("gradient_checkpointing"):
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def device() -> torch.device:
@@ -52,7 +77,7 @@ def autocast(precision: str, dev):
 
 
 def new_llama(model_cfg: dict, tokenizer) -> LlamaForCausalLM:
-    """A freshly initialised Llama sized by the config's model section."""
+    """A freshly initialised Llama sized by the config's model section (and its attn_implementation)."""
     heads = model_cfg["num_attention_heads"]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -66,6 +91,7 @@ def new_llama(model_cfg: dict, tokenizer) -> LlamaForCausalLM:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        **attention({"model": model_cfg}),
     )
     return LlamaForCausalLM(config)
 
@@ -79,10 +105,11 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, dev: torch.device | None = None):
+def load_model(path: str | Path, dev: torch.device | None = None, attn_implementation: str | None = None):
     path = check_checkpoint(path)
+    impl = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=torch.float32
+        path, use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=torch.float32, **impl
     )
     return model.to(dev or device())
 
@@ -138,7 +165,10 @@ def _alive(pid: int) -> bool:
 
 
 def save_model(model, tokenizer, out: str | Path) -> None:
+    """A plain `save_pretrained` safetensors checkpoint; of a sharded (fsdp) model, its full state
+    dict, gathered on rank 0 (every rank calls this: the gathering is a collective)."""
+    state = distributed.saved_state(model)  # None for a plain model
     if not distributed.is_main():  # data-parallel workers hold the same weights; rank 0 saves them
         return
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
     tokenizer.save_pretrained(out)

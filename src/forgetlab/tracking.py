@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from forgetlab import replay
 from forgetlab.mlstore import JOB_HTTP, TrackingError, connect, http_settings, retry, short, tracking_uri, unreachable
 
+MEASURED_STAGES = ("pretrain", "finetune", "unlearn", "evaluate")  # their peak memory is logged (forgetlab.memory)
 TAG_KEYS = ("stage", "model", "role", "regularizer", "method", "split", "seed", "ingredient", "fan_in",
             "sequential_step", "sequential_chunks", "path", "stages")
 
@@ -68,6 +69,12 @@ class Run:
         self._buffer += [Metric(k, float(v), ts, 0) for k, v in values.items()]
         self.logged.update({k: float(v) for k, v in values.items()})
         self.flush()
+
+    def log_resources(self, values: dict[str, float]) -> None:
+        """Metrics of what the job used (its peak memory): logged to MLflow, but not among the
+        aggregates of job.json, which `forgetlab verify` compares between a job and its rerun."""
+        ts = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), ts, 0) for k, v in values.items()]
 
     def flush(self) -> bool:
         """Send what is pending; if the store cannot be reached, keep it for a later try."""
@@ -159,12 +166,14 @@ def supersede(client: MlflowClient, experiment: str, run_id: str, artifact_path:
 def stage_run(params: dict, artifact_path: str | Path):
     """Open the MLflow run of one stage job; mark it FAILED if the job raises. Its environment is
     logged as `env.*` tags and, once the job succeeds, its record is written to <artifact_path>/job.json
-    (forgetlab.environment)."""
-    from forgetlab import distributed, environment
+    (forgetlab.environment). A training or evaluation job's peak memory from here on
+    (forgetlab.memory) is logged as metrics when it succeeds, and recorded in job.json's `resources`."""
+    from forgetlab import distributed, environment, memory
 
     if not distributed.is_main():  # a data-parallel worker: rank 0 logs for the job
         yield distributed.SilentRun()
         return
+    meter = memory.PeakMemory() if params.get("stage") in MEASURED_STAGES else None
     uri = tracking_uri()
     client, exp = connect(uri, params["study"])
     tags = {k: str(params[k]) for k in TAG_KEYS if params.get(k) is not None}
@@ -193,5 +202,8 @@ def stage_run(params: dict, artifact_path: str | Path):
         except BaseException:
             live.close("FAILED", raise_error=False)  # the job's own error is the one to raise
             raise
+        resources = meter.metrics() if meter is not None else None
+        if resources is not None:
+            live.log_resources(resources)
         live.close("FINISHED")
-        job.finish(live.logged, run_id)
+        job.finish(live.logged, run_id, resources)

@@ -19,6 +19,9 @@ The forward pass and the loss run under `precision`'s autocast (forgetlab.model.
 CUDA device that supports it with `auto`); weights, gradients and the optimizer state stay float32.
 With a `checkpoint` (forgetlab.checkpoint.Checkpointer) the loop saves its whole state every
 `checkpoint_every` steps and on SIGTERM (then exits with status 143), and resumes from a saved one.
+With `strategy="fsdp"` in a data-parallel run the model (and a hook's frozen `reference` model,
+an unlearning method's) is sharded after the hooks' setup (forgetlab.distributed.shard_model) and
+FSDP reduces the gradients; "ddp" averages them by hand.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from tqdm import tqdm
 from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer, CheckpointError, StepLog, preempt, restore, snapshot
 from forgetlab.hooks import Hooks
-from forgetlab.model import autocast
+from forgetlab.model import autocast, autocast_dtype
 from forgetlab.qa import collate
 from forgetlab.schedule import lr_lambda
 
@@ -292,6 +295,7 @@ def train(
     context: TrainContext | None = None,
     checkpoint: Checkpointer | None = None,
     precision: str = "auto",
+    strategy: str = "ddp",
 ) -> torch.nn.Module:
     ctx = context or TrainContext(total_steps=steps)
     if checkpoint is not None and checkpoint.every and not hasattr(batches, "state_dict"):
@@ -302,6 +306,13 @@ def train(
     with log.muted() if resume is not None and isinstance(log, StepLog) else nullcontext():
         for hook in hooks:
             model = hook.setup(model, ctx)
+    fsdp = strategy == "fsdp" and distributed.active()
+    if fsdp:  # parameters, gradients and AdamW's state sharded over the ranks; a frozen reference too
+        dtype = autocast_dtype(precision, distributed.device())
+        model = distributed.shard_model(model, dtype)
+        for hook in hooks:
+            if getattr(hook, "reference", None) is not None:
+                hook.reference = distributed.shard_model(hook.reference, dtype)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params, "weight_decay": cfg.weight_decay}]
@@ -327,6 +338,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             losses, parts_of_step = [], []
             for micro in range(cfg.grad_accum):
+                if fsdp:  # reduce-scatter the gradients once, after the step's last micro-batch
+                    model.set_requires_gradient_sync(micro == cfg.grad_accum - 1)
                 with autocast(precision, dev):
                     loss, loss_parts = loss_fn(model, next(batches))
                 if pending.every == 1:  # syncing every step: stop before this loss is backpropagated
@@ -334,8 +347,9 @@ def train(
                 (loss / cfg.grad_accum).backward()
                 losses.append(loss.detach())
                 parts_of_step.append({k: v.detach() if torch.is_tensor(v) else v for k, v in loss_parts.items()})
-            distributed.average_gradients(params)  # data-parallel workers: the mean over ranks (no-op in one process)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not fsdp:
+                distributed.average_gradients(params)  # data-parallel workers: the mean over ranks (no-op in one process)
+            grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             lr = scheduler.get_last_lr()[0]
             for hook in hooks:
                 hook.before_step(model, step, optimizer)

@@ -18,7 +18,7 @@ from forgetlab.eval.scoring import score_model
 from forgetlab.eval.tables import attach_target, read_table
 from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
 from forgetlab.metrics import EvalInputError, compute_metrics, mean_or_nan, split_values
-from forgetlab.model import atomic_dir, autocast, load_model, load_tokenizer
+from forgetlab.model import atomic_dir, attention, autocast, load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.tracking import stage_run
 from forgetlab.train import seed_everything
@@ -70,7 +70,7 @@ def run(params: dict, model_dir: Path, data_dir: Path, out: Path, oracle: Path |
     muse = params.get("data_source") == "muse"  # MUSE's own sets (forgetlab.eval.muse), not the QA splits
     splits = None if muse else eval_splits(params, data_dir)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
-        model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+        model, tokenizer = load_model(model_dir, **attention(params)), load_tokenizer(model_dir)
         with autocast(precision, next(model.parameters()).device):  # fp32 on the CPU
             if muse:
                 samples = score_muse(model, tokenizer, data_dir, ev, passes)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
-from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
+from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.data.muse import read_texts, text_files
 from forgetlab.qa import collate, encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, write_json
@@ -67,7 +68,7 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
     seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(pretrained)
-        model = load_model(pretrained)
+        model = checkpointing(load_model(pretrained, distributed.load_device(params), **attention(params)), params)
         cfg = TrainConfig(**train_cfg)
         examples, files = training_examples(params, tokenizer, data_dir, cfg.max_length)
         loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device(),
@@ -78,7 +79,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         model = train(model, partial(lm_loss, regularizers=regularizers, supervised_logits=cfg.supervised_logits),
                       iter(loader), steps, cfg,
                       hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
-                      desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"))
+                      desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"),
+                      strategy=distributed.strategy(params))
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
         for reg in regularizers:
             mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})

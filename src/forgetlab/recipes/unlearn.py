@@ -16,11 +16,12 @@ import random
 from importlib.resources import files
 from pathlib import Path
 
+from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.muse import read_texts, text_files
 from forgetlab.data.world import RELABEL_FIELD
 from forgetlab.eval.trajectory import Trajectory
-from forgetlab.model import atomic_dir, device, load_model, load_tokenizer, save_model
+from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, write_json
 from forgetlab.sequential import forget_chunk
@@ -110,10 +111,11 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
     seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(target)
-        model = load_model(target)
+        model = checkpointing(load_model(target, distributed.load_device(params), **attention(params)), params)
         method = build_method(spec)
-        if method.needs_reference:
-            method.reference = load_model(reference).eval().requires_grad_(False)
+        if method.needs_reference:  # under fsdp, train shards it like the model
+            method.reference = load_model(reference, distributed.load_device(params),
+                                          **attention(params)).eval().requires_grad_(False)
         cfg = TrainConfig(**train_params)
 
         def qa_file(split: str) -> Path:
@@ -161,7 +163,8 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
             hooks.append(trajectory)
         model = train(model, method.loss, paired(forget, retain), steps, cfg, hooks=hooks,
                       log=ckpt.log, desc=f"unlearn {params['method']} ({spec['name']})", context=ctx,
-                      checkpoint=ckpt, precision=params.get("precision", "auto"))
+                      checkpoint=ckpt, precision=params.get("precision", "auto"),
+                      strategy=distributed.strategy(params))
         mlrun.log_metrics({"unlearn_steps": steps, **method.summary(),
                            **{k: v for p in method.plugins for k, v in p.summary().items()}})
         save_model(model, tokenizer, tmp)
