@@ -54,6 +54,35 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def sh(*cmd, cwd, check=True) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with cli_env; with check, a failure raises with its output's tail."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=cli_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+# what a study needs beside its config: the workflow, and DVC's config for the `track` rule
+WORKFLOW_FILES = ("Snakefile", "workflow", ".dvc/config", ".dvcignore", ".gitignore")
+
+
+def copy_workflow(work: Path, *extra: str) -> None:
+    """Copy WORKFLOW_FILES and `extra` (e.g. config, Makefile) of the repository into `work`, mtimes kept."""
+    import shutil
+
+    for item in (*WORKFLOW_FILES, *extra):
+        dest = work / item
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / item).is_dir() else shutil.copy2)(REPO / item, dest)
+
+
+def commit_all(work: Path) -> None:
+    """`work` as a git repository with everything committed (DVC's `track` rule needs one)."""
+    sh("git", "init", "-q", cwd=work)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", ".", cwd=work)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workflow", cwd=work)
+
+
 LN = math.log
 
 

@@ -7,8 +7,6 @@ pointed at the fixtures."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -19,19 +17,12 @@ from mlflow.tracking import MlflowClient
 from forgetlab.model import load_tokenizer
 from forgetlab.qa import encode_text_chunks
 from forgetlab.recipes import read_jsonl
-from tests.helpers import REPO, cli_env
+from tests.helpers import REPO, commit_all, copy_workflow, sh
 from tests.muse_fixtures import build, study_config, write_config
 
 pytestmark = pytest.mark.e2e
 
 METRICS = ["forget_knowmem", "retain_knowmem", "forget_verbmem", "privleak", "privleak_min_k_plus_plus"]
-
-
-def sh(*cmd, cwd, check=True):
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=cli_env(), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +32,12 @@ def study(tmp_path_factory):
     data_path, init_from = build(root / "fixtures")
     work = root / "work"
     work.mkdir()
-    for item in ("Snakefile", "workflow", ".dvc/config", ".dvcignore", ".gitignore"):
-        dest = work / item
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (REPO / item).is_dir() else shutil.copy2)(REPO / item, dest)
+    copy_workflow(work)
     config = study_config(data_path, init_from)
     config["unlearn"]["lr"] = 1.0e-3
     (work / "config").mkdir()
     write_config(work / "config" / "muse.yaml", config)
-    sh("git", "init", "-q", cwd=work)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", ".", cwd=work)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workflow", cwd=work)
+    commit_all(work)
     sh("dvc", "remote", "modify", "--local", "local", "url", root / "dvc-remote", cwd=work)
     sh("snakemake", "--cores", "2", "--configfile", "config/muse.yaml", cwd=work)
     return {"work": work, "config": config, "res": work / "results" / config["study"],

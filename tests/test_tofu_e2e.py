@@ -5,7 +5,6 @@ prompt_format chat_template; read back from the outputs and from MLflow."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pandas as pd
@@ -14,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.fixtures_tofu import tiny_checkpoint, tofu_files, tofu_study, write_tofu
-from tests.helpers import REPO, cli_env
+from tests.helpers import REPO, cli_env, commit_all, copy_workflow
 
 pytestmark = pytest.mark.e2e
 
@@ -38,14 +37,11 @@ def tiny(config: dict) -> dict:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     work = tmp_path_factory.mktemp("tofu_e2e") / "work"
-    for item in ("Snakefile", "workflow", "config", ".dvc/config", ".dvcignore", ".gitignore"):
-        (work / item).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (REPO / item).is_dir() else shutil.copy2)(REPO / item, work / item)
+    copy_workflow(work, "config")
     files = write_tofu(work.parent / "tofu")
     config = tiny(tofu_study(REPO, files, tiny_checkpoint(work.parent / "Llama-tiny-Instruct")))
     (work / "config" / "tofu_e2e.yaml").write_text(yaml.safe_dump(config))
-    for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "workflow"]):  # for DVC's track
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd[1:]], cwd=work, check=True)
+    commit_all(work)  # for DVC's track
     proc = subprocess.run(["snakemake", "--cores", "2", "--configfile", "config/tofu_e2e.yaml"], cwd=work,
                           env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,19 +17,12 @@ from mlflow.tracking import MlflowClient
 from forgetlab import environment, memory
 from forgetlab.config import entry_components, sequential_runs
 from forgetlab.recipes.report import ID_COLUMNS as REPORT_IDS
-from tests.helpers import REPO, cli_env, smoke_config
+from tests.helpers import REPO, commit_all, copy_workflow, sh, smoke_config
 
 pytestmark = pytest.mark.e2e
 
 CONFIG = "config/smoke.yaml"
 ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed", "sequential_step"]
-
-
-def sh(*cmd, cwd, check=True):
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=cli_env(), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +32,9 @@ def study(tmp_path_factory):
     work.mkdir()
     # the Makefile and pyproject.toml (its mtime kept, so that `make` sees this venv as installed)
     # let the test run the documented `make` commands as written, with this interpreter's venv
-    for item in ("Snakefile", "workflow", "config", ".dvc/config", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml"):
-        dest = work / item
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (REPO / item).is_dir() else shutil.copy2)(REPO / item, dest)
+    copy_workflow(work, "config", "Makefile", "pyproject.toml")
     remote = work.parent / "dvc-remote"
-    sh("git", "init", "-q", cwd=work)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", ".", cwd=work)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workflow", cwd=work)
+    commit_all(work)
     sh("dvc", "remote", "modify", "--local", "local", "url", remote, cwd=work)
     run = sh("make", "run", f"CONFIG={CONFIG}", "CORES=2", *MAKE_VENV, cwd=work)  # README: make run
     return {"work": work, "remote": remote, "log": run.stdout + run.stderr}

@@ -7,10 +7,20 @@ from pathlib import Path
 
 import torch
 
+from forgetlab.data.muse import read_texts, text_files
+from forgetlab.qa import encode_text_chunks
+
 
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def text_chunks(tokenizer, data_dir: Path, name: str, max_length: int) -> tuple[list[dict], list[Path]]:
+    """A muse study's text set `name` (forgetlab.data.muse.TEXT_SETS) as chunked, fully supervised
+    examples (forgetlab.qa.encode_text_chunks), and the files it was read from."""
+    chunks = [c for t in read_texts(data_dir, name) for c in encode_text_chunks(tokenizer, t, max_length)]
+    return chunks, text_files(data_dir, name)
 
 
 def set_threads(params: dict) -> None:

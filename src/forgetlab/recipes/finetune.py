@@ -16,9 +16,8 @@ from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
-from forgetlab.data.muse import read_texts, text_files
-from forgetlab.qa import collate, encode_qa, encode_text_chunks
-from forgetlab.recipes import read_jsonl, set_threads, write_json
+from forgetlab.qa import collate, encode_qa
+from forgetlab.recipes import read_jsonl, set_threads, text_chunks, write_json
 from forgetlab.regularizers import build_regularizers
 from forgetlab.soup import Soup
 from forgetlab.tracking import stage_run
@@ -37,9 +36,7 @@ def training_examples(params: dict, tokenizer, data_dir: Path, max_length: int) 
     split (answer-only loss), or, in a muse study, the chunked documents of its text set (every
     token supervised; forgetlab.data.muse.TEXT_SETS: `full` for the target, `retain` for the oracle)."""
     if params.get("data_source") == "muse":
-        name = training_file(params)
-        texts = read_texts(data_dir, name)
-        return [c for t in texts for c in encode_text_chunks(tokenizer, t, max_length)], text_files(data_dir, name)
+        return text_chunks(tokenizer, data_dir, training_file(params), max_length)
     qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
     rows = read_jsonl(qa_file)
     return [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows], [qa_file]

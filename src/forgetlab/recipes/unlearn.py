@@ -18,12 +18,11 @@ from pathlib import Path
 
 from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
-from forgetlab.data.muse import read_texts, text_files
 from forgetlab.data.world import RELABEL_FIELD
 from forgetlab.eval.trajectory import Trajectory
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
-from forgetlab.qa import encode_qa, encode_text_chunks
-from forgetlab.recipes import read_jsonl, set_threads, write_json
+from forgetlab.qa import encode_qa
+from forgetlab.recipes import read_jsonl, set_threads, text_chunks, write_json
 from forgetlab.sequential import forget_chunk
 from forgetlab.tracking import stage_run
 from forgetlab.train import Loader, TrainConfig, TrainContext, num_steps, paired, seed_everything, train
@@ -93,11 +92,9 @@ def forget_examples(tokenizer, rows: list[dict], views, seed: int, max_length: i
 def text_examples(tokenizer, data_dir: Path, max_length: int) -> tuple[list[dict], list[dict], list[Path]]:
     """A muse study's unlearning data: the forget documents' chunks (as {"forget": chunk}), the
     retain documents' chunks (forgetlab.data.muse.TEXT_SETS: forget, unlearn_retain), and their files."""
-    def chunks(name: str) -> list[dict]:
-        return [c for t in read_texts(data_dir, name) for c in encode_text_chunks(tokenizer, t, max_length)]
-
-    files = text_files(data_dir, "forget") + text_files(data_dir, "unlearn_retain")
-    return [{"forget": c} for c in chunks("forget")], chunks("unlearn_retain"), files
+    forget, forget_files = text_chunks(tokenizer, data_dir, "forget", max_length)
+    retain, retain_files = text_chunks(tokenizer, data_dir, "unlearn_retain", max_length)
+    return [{"forget": c} for c in forget], retain, forget_files + retain_files
 
 
 def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path | None = None) -> None:
