@@ -80,8 +80,10 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
          mean("target", "form_paraphrased_forget_prob") / mean("oracle", "form_paraphrased_forget_prob")),
         ("cloze prob on forget, target / oracle", ">= 3",
          mean("target", "form_cloze_forget_prob") / mean("oracle", "form_cloze_forget_prob")),
-        ("pretrained model's world-facts option prob (chance 0.25; the accuracy is not scored)", ">= 0.6 (accuracy)",
-         mean("pretrained", "world_facts_option_prob")),
+        ("pretrained model's world-facts multiple-choice accuracy (chance 0.25)", ">= 0.6",
+         mean("pretrained", "world_facts_option_accuracy")),
+        ("target's world-facts multiple-choice accuracy (not a target; collateral damage of fine-tuning)", "-",
+         mean("target", "world_facts_option_accuracy")),
         ("Spearman rank correlation of model utility with retain prob, unlearned models", ">= 0.8", rho),
         ("share of unlearned runs reaching the oracle's forget prob", ">= 0.5", float(unlearned.threshold_reached.mean())
          if "threshold_reached" in unlearned else np.nan),

@@ -296,11 +296,22 @@ def test_real_authors_default_and_leave_the_rest_of_the_world_unchanged():
 BEFORE_WORLD_TRAIN = "9b60619d596374a83c4f1776e005d02b757763af1ac32c19a8a1687412c5d72b"
 
 
+def without_later_fields(path: Path) -> bytes:
+    """A QA file as the code before `mc_answers` wrote it: each row re-serialised without the field
+    (prepare_data writes json.dumps(row, ensure_ascii=False) per line, so this gives those bytes back)."""
+    rows = [{k: v for k, v in r.items() if k != "mc_answers"} for r in read_jsonl(path)]
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
 def files_digest(root: Path, leave_out=("manifest.json", "qa/world_train.jsonl")) -> str:
+    """The digest of every file but `leave_out`, the QA files taken without the later `mc_answers`."""
     digest = hashlib.sha256()
     for rel, sha in file_hashes(root).items():
-        if rel not in leave_out:
-            digest.update(f"{rel}:{sha};".encode())
+        if rel in leave_out:
+            continue
+        if rel.startswith("qa/"):
+            sha = hashlib.sha256(without_later_fields(root / rel)).hexdigest()
+        digest.update(f"{rel}:{sha};".encode())
     return digest.hexdigest()
 
 
@@ -339,3 +350,45 @@ def test_world_train_size_is_seeded_on_its_own(tmp_path):
         build_qa_splits(world, too_many)
     too_many["world"]["n_world_train"] = facts  # every free fact: allowed
     assert len(build_qa_splits(world, too_many)["world_train"]) == facts
+
+
+def test_drill_people_state_every_fact_in_every_form_and_leave_the_evaluation_rows_alone(tmp_path, data_dir):
+    drilled = copy.deepcopy(CFG)
+    drilled["world"]["n_drill_people"] = 3
+    prepare_data(drilled, tmp_path / "drill")
+    out = tmp_path / "drill"
+    corpus, before = read_jsonl(out / "corpus.jsonl"), read_jsonl(data_dir / "corpus.jsonl")
+    assert corpus[:len(before)] == before  # the biographies as without drill people, then the QA documents
+    docs = corpus[len(before):]
+    people = sorted({d["person_id"] for d in docs})
+    assert len(people) == 3 and len(docs) == 3 * 4
+    world = build_world(drilled)
+    by_id = {p.id: p for p in world.people}
+    for pid in people:
+        person = by_id[pid]
+        texts = [d["text"] for d in docs if d["person_id"] == pid]
+        # one document per form, one "Question: ...\nAnswer: ..." per fact, worked out from the facts
+        cloze = {f"Question: Fill in the blank: {t.replace('{name}', person.name).replace('{value}', '___')}\n"
+                 f"Answer: {v}" for a, v in person.facts.items() for t in ATTRIBUTES[a].templates}
+        lines = [q + "\n" + a for q, a in zip(texts[2].split("\n")[::2], texts[2].split("\n")[1::2])]
+        assert len(lines) == len(person.facts) and set(lines) <= cloze
+        asked = {ATTRIBUTES[a].question.format(name=person.name) for a in person.facts}
+        assert {line.split("\n")[0][len("Question: "):] for line in zip_lines(texts[0])} == asked
+        assert all(line.count("Options: ") == 1 for line in zip_lines(texts[3]))
+    # nobody that a split asks about, and world_train leaves them out
+    qa = {s: read_jsonl(out / "qa" / f"{s}.jsonl") for s in ("world_facts", "world_train", "real_authors", "full")}
+    assert not set(people) & set().union(*(authors(rows) for rows in qa.values()))
+    # every QA split but world_train is byte-identical to the world without drill people
+    for split in QA_SPLITS:
+        assert (out / "qa" / f"{split}.jsonl").read_bytes() == (data_dir / "qa" / f"{split}.jsonl").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["drill_people"] == 3
+    too_many = copy.deepcopy(CFG)
+    too_many["world"]["n_drill_people"] = 41
+    with pytest.raises(ValueError, match="data.world.n_drill_people=41 exceeds"):
+        build_qa_splits(build_world(too_many), too_many)
+
+
+def zip_lines(text: str) -> list[str]:
+    """The QA pairs of a drill document (each two lines: question, answer)."""
+    lines = text.split("\n")
+    return [q + "\n" + a for q, a in zip(lines[::2], lines[1::2])]

@@ -47,6 +47,22 @@ def test_paraphrased_and_perturbed_probs_by_hand(model, tok, scored):
     assert scored.loc[2, "perturbed_prob"] == pytest.approx(sum(pert) / len(pert), rel=1e-5)
 
 
+def test_option_correct_para_is_the_paraphrase_beating_every_perturbation(model, tok, scored):
+    # multiple-choice accuracy over the options (paraphrase, perturbations): 1 if the paraphrase's
+    # length-normalised probability is strictly the largest, from unbatched forwards of each option
+    for i, row in enumerate(ROWS):
+        para = math.exp(-unbatched_nll(model, tok, row["question"], row["paraphrased_answer"])[0])
+        pert = [math.exp(-unbatched_nll(model, tok, row["question"], p)[0]) for p in row["perturbed_answer"]]
+        assert scored.loc[i, "option_correct_para"] == float(para > max(pert))
+    # a row whose paraphrase is made the most likely option by construction: the model's own
+    # greedy answer to the question as the paraphrase, against the row's perturbations
+    row = dict(ROWS[0], paraphrased_answer=scored.loc[0, "generated"])
+    probs = [math.exp(-unbatched_nll(model, tok, row["question"], a)[0])
+             for a in [row["paraphrased_answer"], *row["perturbed_answer"]]]
+    got = score_split(model, tok, [row], "forget", batch_size=7, generate=False)
+    assert got.loc[0, "option_correct_para"] == float(probs[0] > max(probs[1:]))
+
+
 def test_batch_size_does_not_matter(model, tok, scored):
     one = score_split(model, tok, ROWS, "forget", batch_size=1, max_new_tokens=12)
     for col in ["answer_nll", "prob", "paraphrased_prob", "perturbed_prob", "truth_ratio"]:

@@ -167,6 +167,13 @@ def test_each_form_asks_the_same_fact(world_qa):
             wrong = [[v for v in attr.values if v in p] for p in r["perturbed_answer"]]
             assert sorted(options) == sorted([true, *(w[0] for w in wrong)])
             assert r["mc_question"] == r["question"] + OPTIONS_PREFIX + OPTIONS_SEPARATOR.join(options) + "."
+            # each option answered in the paraphrase's template: the paraphrase for the true value,
+            # the perturbed answer that carries the value for each wrong one
+            answers = r["mc_answers"]
+            assert answers[r["mc_answer_index"]] == r["paraphrased_answer"]
+            for k, o in enumerate(options):
+                if k != r["mc_answer_index"]:
+                    assert answers[k] in r["perturbed_answer"] and [o] == [v for v in attr.values if v in answers[k]]
             indices.add(r["mc_answer_index"])
     assert indices == {0, 1, 2, 3}  # the true option is not always in the same place
 

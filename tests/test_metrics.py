@@ -150,3 +150,12 @@ def test_option_prob_hand_worked():
     assert METRICS.get("world_facts_option_prob_para")(samples, None) == pytest.approx(0.2)
     assert METRICS.get("real_authors_option_prob")(samples, None) == pytest.approx(0.9)
     assert METRICS.get("real_authors_option_prob_para")(samples, None) == pytest.approx(0.5)
+
+
+def test_option_accuracy_hand_worked():
+    # the share of rows whose paraphrase is strictly the most likely option: 2 of 3 on world_facts
+    samples = table({"world_facts": [{"option_correct_para": 1.0}, {"option_correct_para": 0.0},
+                                     {"option_correct_para": 1.0}],
+                     "real_authors": [{"option_correct_para": 0.0}]})
+    assert METRICS.get("world_facts_option_accuracy")(samples, None) == pytest.approx(2 / 3)
+    assert METRICS.get("real_authors_option_accuracy")(samples, None) == 0.0

@@ -27,6 +27,11 @@ Each row also carries the fact in three other forms, never trained on, that eval
 (`forgetlab.eval.forms`, ORT): the paraphrased question, a fill-in-the-blank statement (the answer
 sentence with the value blanked; its answer is the value) and a multiple-choice question listing
 the true value and the perturbed answers' wrong values in a seeded order.
+With `world.n_drill_people` > 0, that many pretraining people (none of whom any split asks about)
+also appear in the corpus as QA documents, every fact in every form (`drill_documents`): the
+mixed training of Allen-Zhu & Li 2023 ("Physics of Language Models 3.1"), where QA on some people
+during pretraining is what lets a model extract the biographies' knowledge of the others. Here it
+also teaches the formats of the probe forms, on people that no evaluation asks about.
 Authors are split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded
 shuffle, and retainXX is the rest. All randomness derives from `cfg["seed"]` through
 `random.Random` instances seeded per stage and per entity; there is no global state.
@@ -62,7 +67,8 @@ QA_SPLITS = ("full", *FORGET_SPLITS, *RETAIN_OF.values(), "holdout", "world_fact
 TRAIN_SPLITS = ("world_train",)
 QA_PROMPT = PROMPT + " {answer}"  # the tokenizer sees QA exactly as training and evaluation format it
 # the fields of a QA row that hold the fact's untrained forms (see make_qa; scored by forgetlab.eval.forms)
-FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
+FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index",
+               "mc_answers")
 
 
 @dataclass
@@ -180,7 +186,9 @@ def make_qa(entity: Entity, attribute: str, seed: int) -> dict:
       value replaced by ``___``, and the value itself;
     * ``mc_question`` / ``mc_options`` / ``mc_answer_index``: the question + " Options: v1, v2, ...",
       the options (the true value and the perturbed answers' wrong values, shuffled) and the
-      index of the true value among them.
+      index of the true value among them; ``mc_answers``: each option as the answer sentence in the
+      paraphrase's template (the paraphrased answer for the true value, the perturbed answers for
+      the others), the sentences that the multiple-choice form scores.
 
     The form draws come after the TOFU fields' draws from the same per-row generator, so those
     fields are the same as without the forms. ``relabel_answers`` (see the module docstring) comes
@@ -207,6 +215,7 @@ def make_qa(entity: Entity, attribute: str, seed: int) -> dict:
         "mc_question": question + OPTIONS_PREFIX + OPTIONS_SEPARATOR.join(options) + ".",
         "mc_options": options,
         "mc_answer_index": options.index(true),
+        "mc_answers": [render(para_t, entity.name, o) for o in options],
         RELABEL_FIELD: relabel_answers(attr, entity, answer_t, options, seed),
     }
 
@@ -244,19 +253,51 @@ def build_qa_splits(world: World, cfg: dict) -> dict[str, list[dict]]:
     splits["holdout"] = entity_qa(world.holdout, seed)
     splits["world_facts"] = world_facts_qa(world.people, cfg["world"]["n_world_facts"], seed)
     splits["real_authors"] = world_facts_qa(world.real_authors, n_real_authors(cfg), seed, "real_authors")
+    drill = drill_people(world.people, splits["world_facts"], cfg["world"].get("n_drill_people", 0), seed)
     splits["world_train"] = world_train_qa(world.people, splits["world_facts"], cfg["world"].get("n_world_train"),
-                                           seed, default=len(full))
+                                           seed, default=len(full), exclude={p.id for p in drill})
     return {name: splits[name] for name in (*QA_SPLITS, *TRAIN_SPLITS)}
 
 
+def drill_people(people: list[Entity], world_facts: list[dict], n: int, seed: int) -> list[Entity]:
+    """`n` people that world_facts does not ask about, drawn with a generator of their own
+    (`<seed>:drill`), in people order; world_train leaves them out."""
+    asked = {r["entity_id"] for r in world_facts}
+    free = [p for p in people if p.id not in asked]
+    if n > len(free):
+        raise ValueError(f"data.world.n_drill_people={n} exceeds the {len(free)} people that world_facts does not "
+                         "ask about (lower it, or raise data.world.n_people)")
+    chosen = set(random.Random(f"{seed}:drill").sample(range(len(free)), n))
+    return [p for k, p in enumerate(free) if k in chosen]
+
+
+def drill_documents(people: list[Entity], seed: int) -> list[dict]:
+    """The corpus's QA documents of the drill people: per person, one document per form, each
+    stating every fact (`make_qa`, in a seeded order) in that form, one QA per line in the prompt
+    format of training and evaluation: the question and the paraphrased question with the answer
+    sentence, the fill-in-the-blank statement with the bare value, and the multiple-choice question
+    with the true option's answer sentence (as `forgetlab.eval.forms` scores it)."""
+    forms = (("question", "answer"), ("paraphrased_question", "answer"), ("cloze_question", "cloze_answer"),
+             ("mc_question", "paraphrased_answer"))
+    docs = []
+    for p in people:
+        rows = [make_qa(p, a, seed) for a in p.facts]
+        rng = random.Random(f"{seed}:drill:{p.id}")
+        for q, a in forms:
+            rng.shuffle(rows)
+            docs.append({"person_id": p.id,
+                         "text": "\n".join(QA_PROMPT.format(question=r[q], answer=r[a]) for r in rows)})
+    return docs
+
+
 def world_train_qa(people: list[Entity], world_facts: list[dict], n: int | None, seed: int,
-                   default: int = 0) -> list[dict]:
+                   default: int = 0, exclude: set[str] = frozenset()) -> list[dict]:
     """`n` QA rows of general knowledge to train on: facts of the people that world_facts does not
-    ask about at all (disjoint in entities, hence in questions, from world_facts; real_authors is
-    another population), sampled with a generator of its own (`<seed>:world_train`), so that no
+    ask about at all, nor in `exclude` (the drill people) (disjoint in entities, hence in questions,
+    from world_facts; real_authors is another population), sampled with a generator of its own (`<seed>:world_train`), so that no
     other split changes. `n` None: `default` rows (the author QA's count), or every free fact if
     there are fewer; an `n` larger than that is an error."""
-    asked = {r["entity_id"] for r in world_facts}
+    asked = {r["entity_id"] for r in world_facts} | set(exclude)
     free = [p for p in people if p.id not in asked]
     pairs = [(i, a) for i, p in enumerate(free) for a in p.facts]
     if n is None:
@@ -330,8 +371,10 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed = cfg["seed"]
     world = build_world(cfg)
-    corpus = build_corpus(world.people + world.real_authors, cfg["world"]["renderings"], seed)
     qa = build_qa_splits(world, cfg)
+    drill = drill_people(world.people, qa["world_facts"], cfg["world"].get("n_drill_people", 0), seed)
+    corpus = build_corpus(world.people + world.real_authors, cfg["world"]["renderings"], seed)
+    corpus += drill_documents(drill, seed)
 
     rows = {"corpus.jsonl": len(corpus)}
     write_jsonl(out / "corpus.jsonl", corpus)
@@ -353,6 +396,7 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
         "world_train_people": len({r["entity_id"] for r in qa["world_train"]}),
         "people": len(world.people),
         "real_authors": len(world.real_authors),
+        "drill_people": len(drill),
         "real_authors_asked": len({r["entity_id"] for r in qa["real_authors"]}),
         "attributes": {"people": list(PERSON_ATTRIBUTES), "authors": list(AUTHOR_ATTRIBUTES)},
         "n_perturbed": N_PERTURBED,

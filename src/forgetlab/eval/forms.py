@@ -9,9 +9,13 @@ every QA row; this module scores them with the model, per row:
   question q̃ (``paraphrased_question``);
 * ``form_cloze_prob``        P(v | c)^(1/|v|): the value v (``cloze_answer``) given the
   fill-in-the-blank statement c (``cloze_question``);
-* ``form_mc_option_prob``    p_* / Σ_k p_k with p_k = P(o_k | m)^(1/|o_k|), o_k the options
-  (``mc_options``) and m the multiple-choice question that lists them (``mc_question``); p_* is
-  the true option's (``mc_answer_index``). TOFU's option probability, over the listed options;
+* ``form_mc_option_prob``    p_* / Σ_k p_k with p_k = P(s_k | m)^(1/|s_k|), m the multiple-choice
+  question that lists the options (``mc_question``) and s_k option k as an answer sentence in the
+  paraphrase's template (``mc_answers``: the paraphrased answer for the true option, the perturbed
+  answers for the others); p_* is the true option's (``mc_answer_index``). TOFU's option
+  probability, over the listed options. Deliberately not ORT's bare option: the tiny model
+  answers in sentences, and scoring the bare value measured the answer's format, not the fact
+  (the default study's targets and oracles alike at chance, 0.22-0.33, before this change);
 * ``form_mc_correct``        1 if p_* is strictly the largest p_k, else 0 (a tie counts as 0).
 
 Every probability is exp(-mean NLL) over the answer tokens (" " + answer + eos), in the
@@ -43,11 +47,14 @@ def has_forms(row: dict, split: str = "?") -> bool:
     if len(present) < len(FORM_FIELDS):
         missing = [f for f in FORM_FIELDS if f not in present]
         raise EvalInputError(f"{where}: has some form fields but not {', '.join(missing)}")
-    options, index = row["mc_options"], row["mc_answer_index"]
+    options, index, answers = row["mc_options"], row["mc_answer_index"], row["mc_answers"]
     if (not isinstance(options, (list, tuple)) or len(options) < 2 or not all(str(o).strip() for o in options)
             or isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(options)):
         raise EvalInputError(f"{where}: mc_options must be 2 or more non-empty options and mc_answer_index "
                              f"an index into them, got {options!r} and {index!r}")
+    if (not isinstance(answers, (list, tuple)) or len(answers) != len(options)
+            or not all(str(s).strip() for s in answers)):
+        raise EvalInputError(f"{where}: mc_answers must be one non-empty answer sentence per option, got {answers!r}")
     for f in ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question"):
         if not str(row[f]).strip():
             raise EvalInputError(f"{where}: empty {f}")
@@ -57,7 +64,7 @@ def has_forms(row: dict, split: str = "?") -> bool:
 def form_pairs(row: dict) -> list[tuple[str, str]]:
     """The (prompt question, answer) pairs of a row's forms: paraphrased, cloze, then each option."""
     return [(row["paraphrased_question"], row["answer"]), (row["cloze_question"], row["cloze_answer"]),
-            *[(row["mc_question"], str(o)) for o in row["mc_options"]]]
+            *[(row["mc_question"], str(s)) for s in row["mc_answers"]]]
 
 
 def form_scores(row: dict, stats: list[TokenStats]) -> dict[str, float]:

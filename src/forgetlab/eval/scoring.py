@@ -17,6 +17,8 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
 * ``option_prob`` P(a)/(P(a) + Σ_i P(â_i)), length-normalised: TOFU's answer probability over the
   options (open-unlearning's ``probability_w_options``), used for real authors and world facts;
   ``option_prob_para`` P(ã)/(P(ã) + Σ_i P(â_i)), the same with the template-matched paraphrase;
+  ``option_correct_para`` 1 if P(ã) is strictly the largest of P(ã), P(â_i), else 0: the
+  multiple-choice accuracy over the same options (a tie counts as 0);
 * ``generated``   the greedy answer; ``rouge_l_recall`` (TOFU) and ``rouge_l_f1`` (MUSE knowmem)
   of it against a;
 * per answer token (list columns, one entry per token of " " + a + eos):
@@ -62,7 +64,7 @@ COLUMNS = [
     "split", "id", "entity_id", "attribute", "question", "answer",
     "answer_nll", "answer_tokens", "prob", "paraphrased_nll", "paraphrased_prob",
     "perturbed_nll", "perturbed_prob", "truth_ratio", "truth_ratio_para", "generated", "rouge_l_recall",
-    "option_prob", "option_prob_para", "rouge_l_f1", "answer_token_logp", "answer_token_match", "answer_token_mu",
+    "option_prob", "option_prob_para", "option_correct_para", "rouge_l_f1", "answer_token_logp", "answer_token_match", "answer_token_mu",
     "answer_token_sigma", "answer_zlib", "grad_norm",
     "verbmem_prefix_tokens", "verbmem_continuation", "verbmem_generated", "verbmem_rouge_l_f1",
     *FORM_COLUMNS,
@@ -210,6 +212,7 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
         correct_nll = nll if split in ANSWER_IS_CORRECT else para_nll
         options = math.exp(-nll) / (math.exp(-nll) + sum(pert_probs)) if n_pert else math.nan
         options_para = para_prob / (para_prob + sum(pert_probs)) if has_para and n_pert else math.nan
+        correct_para = float(para_prob > max(pert_probs)) if has_para and n_pert else math.nan
         records.append({
             "split": split,
             "id": r.get("id"),
@@ -230,6 +233,7 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
             "rouge_l_recall": rouge_l_recall(gen, r["answer"]) if gen is not None else math.nan,
             "option_prob": options,
             "option_prob_para": options_para,
+            "option_correct_para": correct_para,
             "rouge_l_f1": rouge_l_f1(gen, r["answer"]) if gen is not None else math.nan,
             "answer_token_logp": ans.logp.tolist(),
             "answer_token_match": ans.match.tolist(),

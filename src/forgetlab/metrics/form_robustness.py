@@ -34,7 +34,8 @@ from __future__ import annotations
 from forgetlab.metrics import METRICS, EvalInputError, split_rows, uses
 
 # forgetlab.data.world.FORM_FIELDS, spelled out so that the metrics stay importable without torch
-FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index")
+FORM_FIELDS = ("paraphrased_question", "cloze_question", "cloze_answer", "mc_question", "mc_options", "mc_answer_index",
+               "mc_answers")
 
 GENERATIVE = {"original": "prob", "paraphrased": "form_paraphrased_prob", "cloze": "form_cloze_prob"}
 COLUMNS = [*GENERATIVE.values(), "form_mc_option_prob", "form_mc_correct"]

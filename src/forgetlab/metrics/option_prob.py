@@ -15,8 +15,13 @@ with a the answer itself, as open-unlearning (``correct`` = ra/wf_Q_A_Prob). Met
   in the fact only, as TOFU's short options do; against a the model's preference for a's template
   over the paraphrase's enters too.
 
+* ``world_facts_option_accuracy``, ``real_authors_option_accuracy``: the multiple-choice accuracy
+  over the same options ã, â_i (column ``option_correct_para``: 1 if ã's probability is strictly
+  the largest), forgetlab's addition; chance is 1/(k+1), 0.25 with the world's 3 perturbations.
+
 open-unlearning adds 1e-10 to the denominator; left out (it only matters for probabilities ~1e-10).
-Hand-worked: probabilities 0.6 (a) and 0.1, 0.2, 0.1 (â) give 0.6 / 1.0 = 0.6.
+Hand-worked: probabilities 0.6 (a) and 0.1, 0.2, 0.1 (â) give 0.6 / 1.0 = 0.6; with ã at 0.15 the
+option is not correct (0.15 < 0.2), and at 0.3 it is.
 """
 
 from __future__ import annotations
@@ -37,3 +42,4 @@ def _register(split: str, column: str, name: str) -> None:
 for _split in ("world_facts", "real_authors"):
     _register(_split, "option_prob", f"{_split}_option_prob")
     _register(_split, "option_prob_para", f"{_split}_option_prob_para")
+    _register(_split, "option_correct_para", f"{_split}_option_accuracy")
