@@ -65,7 +65,7 @@ def build(tmp_path, monkeypatch, **kw) -> Path:
     return tmp_path / root
 
 
-SENTENCE = re.compile(r"^- (?P<level>\S+) vs (?P<baseline>\S+): (?P<label>.+?) (?P<mean_diff>[+-]\S+) "
+SENTENCE = re.compile(r"^- (?P<level>\S+) vs (?P<baseline>\S+)(?: \((?P<scope>[^)]+)\))?: (?P<label>.+?) (?P<mean_diff>[+-]\S+) "
                       r"\[(?P<diff_ci_low>\S+), (?P<diff_ci_high>\S+)\], Holm p = (?P<p_holm>\S+), "
                       r"n = (?P<n_pairs>\d+) pairs(?: \((?P<n_excluded>\d+) pair\(s\) with a collapsed model "
                       r"left out\))?(?P<untestable> \(not testable\))?$")
@@ -150,3 +150,65 @@ def test_a_study_without_an_aa_entry_says_the_control_was_not_run(tmp_path, monk
     root = build(tmp_path, monkeypatch, regs=("none", "dropout"))
     text = (root / "findings.md").read_text()
     assert findings.NOT_RUN in text.splitlines()[text.splitlines().index("## A/A control") + 2]
+
+
+def write_path_study(root: Path) -> list[Path]:
+    """Two training paths a and b of the synthetic study; on path b every unlearned model needs
+    more steps to reach its oracle (by 1 + k + 9 r: k = 0..8 its pair's index within regularizer r =
+    0..2, so that the 27 differences are distinct) and recovers more."""
+    inputs = []
+    for reg in REGS:
+        for seed in SEEDS:
+            for path in ("a", "b"):
+                for model, method in [("oracle", None)] + [("unlearned", m) for m in METHODS]:
+                    eval_dir = root / "eval" / reg / f"seed{seed}" / path / SPLIT / (method or model)
+                    eval_dir.mkdir(parents=True)
+                    metrics = metrics_of(model, reg, method, seed, 0.01)
+                    if model == "unlearned":
+                        k = 3 * seed + METHODS.index(method)
+                        metrics["steps_to_threshold"] = 10.0 + (1 + k + 9 * REGS.index(reg) if path == "b" else 0)
+                        metrics["relearn_recovery"] = 0.2 + (0.05 * (1 + k) if path == "b" else 0.0)
+                    record = {"study": "syn", "model": model, "regularizer": reg, "method": method, "split": SPLIT,
+                              "seed": seed, "path": path, "regularizer_params": [{"name": "none"}],
+                              "method_params": {"name": method} if method else None,
+                              "model_path": str(root / "m" / reg / str(seed) / path / (method or model)),
+                              "metrics": metrics}
+                    (eval_dir / "metrics.json").write_text(json.dumps(record))
+                    pd.DataFrame({"split": "forget", "id": range(4), "truth_ratio": [0.5, 0.6, 0.7, 0.8]}).to_parquet(
+                        eval_dir / "samples.parquet")
+                    inputs.append(eval_dir / "metrics.json")
+    return inputs
+
+
+def test_every_number_of_the_path_findings_is_its_row_of_path_tests(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    root = Path("results/syn")
+    inputs = write_path_study(root)
+    params = {"study": "syn", "stage": "report", "threads": 1, "metrics": ["forget_quality"],
+              "aa_controls": ["none_aa"], "paths": {"a": ["authors"], "b": ["world", "authors"]}}
+    report.run(params, inputs, root)
+    paths = pd.read_csv(root / "path_tests.csv")
+    sentences, _ = parse((root / "findings.md").read_text())
+    label_of = {label: metric for metric, label in findings.LABELS.items()}
+    path_sentences = [s for s in sentences if s["scope"]]
+    known = paths[paths["metric"].isin(findings.LABELS)]
+    assert len(path_sentences) == len(known) == 4 * 4  # (all + 3 regularizers) x 4 metrics
+    for s in path_sentences:
+        reg = "all" if s["scope"] == "all regularizers" else s["scope"]
+        row = paths[(paths["regularizer"] == reg) & (paths["metric"] == label_of[s["label"]])]
+        assert len(row) == 1, s
+        row = row.iloc[0]
+        assert (s["level"], s["baseline"]) == (row["path"], row["reference_path"]) == ("b", "a")
+        for key in ("mean_diff", "diff_ci_low", "diff_ci_high", "p_holm"):
+            assert float(s[key]) == pytest.approx(row[key], rel=5e-3, abs=1e-300), (s, key)
+        assert int(s["n_pairs"]) == row["n_pairs"]
+    # pooled over the 3 regularizers: 27 pairs, all 27 (distinct) steps differences positive: Wilcoxon's
+    # exact p = 2 / 2^27, a finding; by hand, the mean difference is the mean of 1 + k + 9 r, 5 + 9 = 14
+    steps = paths[(paths["regularizer"] == "all") & (paths["metric"] == "steps_to_threshold")].iloc[0]
+    assert steps["n_pairs"] == 27 and steps["p_value"] == pytest.approx(2 / 2 ** 27) and steps["reject"]
+    assert steps["mean_diff"] == pytest.approx(14.0)
+    text = (root / "findings.md").read_text()
+    lines = text.splitlines()
+    line = next(i for i, t in enumerate(lines) if t.startswith("- b vs a (all regularizers): steps to the oracle's"))
+    assert line < lines.index("## Not significant")  # among the significant findings

@@ -184,21 +184,30 @@ def test_spread_over_paths():
     assert set(table.index.get_level_values("method")) == {"npo", "target"}  # not the pretrained model
 
 
-def test_each_path_is_tested_against_the_reference_paired_over_methods_and_seeds():
+def test_each_path_is_tested_against_the_reference_pooled_and_per_regularizer():
     rows = []
-    for k, (method, seed) in enumerate((m, s) for m in ("ga", "npo") for s in (0, 1, 2)):
-        rows.append(unlearned("a", method, seed, forget_quality=0.5, model_utility=0.4))
-        # path b: utility higher by 0.1 .. 0.6, forget quality lower by 10**(-0.1 k): six positive, six negative differences
-        rows.append(unlearned("b", method, seed, forget_quality=0.5 * 10 ** (-0.1 * (k + 1)), model_utility=0.4 + 0.1 * (k + 1)))
-    table = path_report.path_tests(pd.DataFrame(rows), reference="a").set_index("metric")
-    assert set(table["path"]) == {"b"} and set(table["reference_path"]) == {"a"} and set(table["regularizer"]) == {"none"}
-    for metric, sign in (("model_utility", 6), ("forget_quality", 0)):
-        row = table.loc[metric]
-        assert (row["n_pairs"], row["n_nonzero"], row["n_positive"]) == (6, 6, sign)
-        assert row["p_value"] == pytest.approx(2 / 2 ** 6)  # Wilcoxon's exact two-sided p, all six of one sign
-        assert row["p_holm"] == pytest.approx(2 * 2 / 2 ** 6)  # Holm over the two tests
-        assert not row["reject"]
-    assert table.loc["forget_quality", "mean_diff"] == pytest.approx(-0.35)  # the mean of -0.1 .. -0.6 (log10)
+    for reg in ("none", "dropout"):
+        for k, (method, seed) in enumerate((m, s) for m in ("ga", "npo") for s in (0, 1, 2)):
+            rows.append({**unlearned("a", method, seed, forget_quality=0.5, model_utility=0.4), "regularizer": reg})
+            # path b: utility higher by 0.1 .. 0.6, forget quality lower by 10**(-0.1 k), for both regularizers
+            rows.append({**unlearned("b", method, seed, forget_quality=0.5 * 10 ** (-0.1 * (k + 1)),
+                                     model_utility=0.4 + 0.1 * (k + 1)), "regularizer": reg})
+    table = path_report.path_tests(pd.DataFrame(rows), reference="a").set_index(["regularizer", "metric"])
+    assert set(table["path"]) == {"b"} and set(table["reference_path"]) == {"a"}
+    assert set(table.index.get_level_values("regularizer")) == {"all", "none", "dropout"}
+    for metric, sign in (("model_utility", 12), ("forget_quality", 0)):
+        # pooled over the regularizers: 12 pairs all of one sign, Wilcoxon's exact two-sided p = 2 / 2^12,
+        # Holm over the family's two tests (the two metrics)
+        row = table.loc[("all", metric)]
+        assert (row["n_pairs"], row["n_nonzero"], row["n_positive"], row["family"]) == (12, 12, sign, "path")
+        assert row["p_value"] == pytest.approx(2 / 2 ** 12) and row["p_holm"] == pytest.approx(2 * 2 / 2 ** 12)
+        assert row["reject"]
+        for reg in ("none", "dropout"):  # per regularizer: 6 pairs, p = 2 / 2^6, Holm over 2 regularizers x 2 metrics
+            row = table.loc[(reg, metric)]
+            assert (row["n_pairs"], row["n_positive"], row["family"]) == (6, sign // 2, "path_by_regularizer")
+            assert row["p_value"] == pytest.approx(2 / 2 ** 6) and row["p_holm"] == pytest.approx(4 * 2 / 2 ** 6)
+            assert not row["reject"]
+    assert table.loc[("all", "forget_quality"), "mean_diff"] == pytest.approx(-0.35)  # the mean of -0.1 .. -0.6 (log10)
 
 
 def write_evaluation(directory, record, forget_truth_ratios):

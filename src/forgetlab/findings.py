@@ -12,8 +12,11 @@ A/A control (family "aa_control" of the tests) has its own section, always prese
 saying that the study ran no A/A control. A forget-quality test leaves out the pairs with a
 collapsed model (forgetlab.stats.paired_tests' `exclude`); its sentence says how many.
 
-The compared factor is a column of the tests table (`factor`, "regularizer" by default): a table of
-another factor (e.g. a training path against the first path) gives the same sentences.
+The compared factor is a column of the tests table (`factor`, "regularizer" by default). With
+training paths the report also passes path_tests.csv (`paths`): each path against the reference
+path, over all regularizers and per regularizer, one sentence per metric in the same sections, e.g.
+
+    world_authors vs authors_world (all regularizers): steps to the oracle's forget prob. +14 [11, 16], Holm p = 0.0002, n = 18 pairs
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ LABELS = {
     "model_utility": "model utility after unlearning",
     "matched_forget_quality": "log10 forget quality at the oracle's forget prob. (matched)",
     "matched_utility_retain_lik": "retain likelihood utility (proxy) at the oracle's forget prob. (matched)",
+    "steps_to_threshold": "steps to the oracle's forget prob.",
+    "relearn_recovery": "relearning recovery",
 }
 FAILED = "**A/A control FAILED**"
 NOT_RUN = ("The A/A control was not run: the study has no entry that differs from the baseline by its "
@@ -42,7 +47,8 @@ def number(value: float, sign: bool = False) -> str:
 
 
 def sentence(row: dict, factor: str = "regularizer") -> str:
-    text = (f"{row[factor]} vs {row['baseline']}: {LABELS.get(row['metric'], row['metric'])} "
+    scope = f" ({row['scope']})" if isinstance(row.get("scope"), str) else ""
+    text = (f"{row[factor]} vs {row['baseline']}{scope}: {LABELS.get(row['metric'], row['metric'])} "
             f"{number(row['mean_diff'], sign=True)} [{number(row['diff_ci_low'])}, {number(row['diff_ci_high'])}], "
             f"Holm p = {number(row['p_holm'])}, n = {int(row['n_pairs'])} pairs")
     if row.get("n_excluded"):
@@ -52,9 +58,21 @@ def sentence(row: dict, factor: str = "regularizer") -> str:
     return text
 
 
-def sections(tests: pd.DataFrame, factor: str = "regularizer", alpha: float = ALPHA) -> dict[str, list[str]]:
+def path_rows(paths: pd.DataFrame, factor: str) -> pd.DataFrame:
+    """path_tests' rows in the regularizer tests' shape: the path as `factor`, the reference path as
+    the baseline, and the regularizers it pools (or the one it is of) as the sentence's scope."""
+    rows = paths.rename(columns={"reference_path": "baseline"}).drop(columns=[factor], errors="ignore")
+    scope = paths["regularizer"].map(lambda r: "all regularizers" if r == "all" else r)
+    return rows.assign(**{factor: paths["path"], "scope": scope})
+
+
+def sections(tests: pd.DataFrame, factor: str = "regularizer", alpha: float = ALPHA,
+             paths: pd.DataFrame | None = None) -> dict[str, list[str]]:
     """{section title: its lines}: significant (smallest Holm p first), not significant, the A/A
-    control; otherwise the rows keep the tests table's order (factor level, then metric)."""
+    control; otherwise the rows keep the tests table's order (factor level, then metric), the
+    training paths' tests (`paths`, path_tests.csv) after the regularizers'."""
+    if paths is not None and len(paths):
+        tests = pd.concat([tests, path_rows(paths, factor)], ignore_index=True)
     known = tests[tests["metric"].isin(LABELS)]
     aa = known[known["family"] == AA_FAMILY]
     main = known[known["family"] != AA_FAMILY]

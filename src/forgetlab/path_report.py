@@ -5,9 +5,13 @@ The summary then has a `path` column; the first path of the config's `paths:` is
 * ``spread``: per (regularizer, method, split, seed), the spread over paths (max - min, and the
   sample sd) of forget quality (log10), model utility, steps_to_threshold and relearn_recovery;
   `method` is `target` for the fine-tuned target (steps_to_threshold is the unlearned models' only);
-* ``path_tests``: each path against the reference path, per regularizer and metric: the Wilcoxon
-  signed-rank test on unlearned models paired over (method, split, seed) (forgetlab.stats, factor
-  `path`; collapsed pairs left out of forget quality), Holm's correction over the whole table;
+* ``path_tests``: each path against the reference path, per metric: the Wilcoxon signed-rank test
+  on unlearned models (forgetlab.stats, factor `path`; collapsed pairs left out of forget quality),
+  once over every regularizer entry (`regularizer` "all", pairs matched on (regularizer, method,
+  split, seed): the primary test, family "path") and once per regularizer (pairs matched on
+  (method, split, seed), family "path_by_regularizer": whether the effect holds for each); Holm's
+  correction within each family. Per regularizer the default study has 6 pairs, whose smallest
+  two-sided p is 2/64: the pooled test is the one that can reach a finding;
 * ``cross_oracle``: the forget quality of path A's unlearned model (and target) against path B's
   oracle, from the two evaluations' per-sample forget truth ratios (the forget_quality metric, a
   KS test); the diagonal (A = B) is the summary's own forget quality;
@@ -28,6 +32,7 @@ import pandas as pd
 from forgetlab import stats
 
 PATH = "path"
+ALL = "all"  # the regularizer of the path tests pooled over every regularizer entry
 KEYS = ["regularizer", "method", "split", "seed"]
 MEASURED = {"forget_quality": "log10", "model_utility": "identity", "steps_to_threshold": "identity",
             "relearn_recovery": "identity"}  # metric -> the scale it is compared on
@@ -92,18 +97,24 @@ def path_tests(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
     tested = {m: scale for m, scale in MEASURED.items() if m in unlearned}
     exclude = {"forget_quality": "collapsed"} if "collapsed" in unlearned else None
     parts = []
+    if len(unlearned):
+        pooled = stats.paired_tests(unlearned, tested, baseline=reference, keys=("regularizer", "method", "split", "seed"),
+                                    factor=PATH, exclude=exclude)
+        parts.append(pooled.rename(columns={"baseline": "reference_path"}).assign(regularizer=ALL, family=PATH))
     for reg, rows in unlearned.groupby("regularizer", sort=True):
         table = stats.paired_tests(rows, tested, baseline=reference, keys=("method", "split", "seed"), factor=PATH,
                                    exclude=exclude)
-        parts.append(table.rename(columns={"baseline": "reference_path"}).assign(regularizer=reg))
+        parts.append(table.rename(columns={"baseline": "reference_path"}).assign(regularizer=reg,
+                                                                                family="path_by_regularizer"))
     if not parts:
         return pd.DataFrame(columns=["regularizer", PATH, "reference_path", *stats.TEST_COLUMNS[2:]])
     table = pd.concat(parts, ignore_index=True)
     table = table[["regularizer", *[c for c in table.columns if c != "regularizer"]]]
-    testable = table["testable"].to_numpy(dtype=bool)
     table["p_holm"] = 1.0
-    table.loc[testable, "p_holm"] = stats.holm(table.loc[testable, "p_value"].to_numpy())
-    table["reject"] = testable & (table["p_holm"].to_numpy() <= stats.ALPHA)
+    for family in table["family"].unique():
+        testable = table["testable"].to_numpy(dtype=bool) & (table["family"] == family).to_numpy()
+        table.loc[testable, "p_holm"] = stats.holm(table.loc[testable, "p_value"].to_numpy())
+    table["reject"] = table["testable"].to_numpy(dtype=bool) & (table["p_holm"].to_numpy() <= stats.ALPHA)
     return table
 
 
@@ -200,12 +211,16 @@ def figure(table: pd.DataFrame, order: list[str], path: Path, oracle: dict[tuple
     plots.save(fig, path)
 
 
+def reference_of(order: list[str], summary: pd.DataFrame) -> str:
+    """The reference path: the config's first, else the first by name."""
+    return order[0] if order else sorted(summary[PATH].dropna().unique())[0]
+
+
 def write(order: list[str], summary: pd.DataFrame, trajectories: pd.DataFrame, metric_files: list[Path],
-          out: Path) -> list[str]:
-    """Write the OUTPUTS into `out`; returns their names."""
-    reference = order[0] if order else sorted(summary[PATH].dropna().unique())[0]
+          out: Path, tests: pd.DataFrame) -> list[str]:
+    """Write the OUTPUTS into `out` (`tests`: path_tests' table); returns their names."""
     trajectory_mass = mass(trajectories)
-    tables = {"path_spread": spread(summary), "path_tests": path_tests(summary, reference),
+    tables = {"path_spread": spread(summary), "path_tests": tests,
               "cross_oracle": cross_oracle(metric_files), "path_trajectories": trajectory_mass}
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)

@@ -177,8 +177,8 @@ def paired(summary: pd.DataFrame, aa_controls=()) -> pd.DataFrame:
                               aa_controls=aa_controls, exclude=EXCLUDE_COLLAPSED)
 
 
-def write_findings(study: str, tests: pd.DataFrame, tmp: Path) -> None:
-    lines = findings.sections(tests)
+def write_findings(study: str, tests: pd.DataFrame, tmp: Path, path_tests: pd.DataFrame | None = None) -> None:
+    lines = findings.sections(tests, paths=path_tests)
     (tmp / "findings.md").write_text(findings.markdown(study, lines))
     (tmp / "findings.html").write_text(findings.to_html(study, lines))
 
@@ -234,11 +234,13 @@ def run(params: dict, inputs: list[Path], out: Path) -> None:
         seed_stats = path_report.per_path(stats.seed_stats, long_metrics(summary))
         tests = paired(summary, params.get("aa_controls", ()))
         write_tables({"summary": summary, "stats": seed_stats, "paired_tests": tests, "trajectories": trajectories}, tmp)
-        write_findings(params["study"], tests, tmp)
+        path_tests = (path_report.path_tests(summary, path_report.reference_of(order, summary))
+                      if path_report.n_paths(summary) > 1 else None)
+        write_findings(params["study"], tests, tmp, path_tests)
         draw(*path_report.reference_path(order, summary, seed_stats, trajectories), tmp)
         outputs = OUTPUTS
-        if path_report.n_paths(summary) > 1:  # the cross-path measures
-            outputs += tuple(path_report.write(order, summary, trajectories, metric_files, tmp))
+        if path_tests is not None:  # the cross-path measures
+            outputs += tuple(path_report.write(order, summary, trajectories, metric_files, tmp, path_tests))
         (tmp / "environment.json").write_text(json.dumps(study_environment(params, inputs, mlrun, out), indent=1,
                                                          sort_keys=True, default=str) + "\n")
         log_tests(mlrun, tests)
