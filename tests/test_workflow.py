@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from forgetlab import environment, memory
@@ -227,8 +228,10 @@ def test_a_changed_method_setting_reruns_that_methods_jobs_only(study, tmp_path)
     1 seed x 1 split), then the report, `track` and `all`; no other job."""
     work = tmp_path / "work"
     shutil.copytree(study["work"], work, symlinks=True)  # copy2 keeps the mtimes Snakemake compares
-    plan = sh("snakemake", "-n", "--cores", "2", "--configfile", CONFIG, "--config", "methods={grad_diff: {gamma: 2.0}}",
-              cwd=work).stdout
+    config = smoke_config()
+    config["methods"]["grad_diff"]["gamma"] = 2.0
+    (work / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # key order kept: params compare as text
+    plan = sh("snakemake", "-n", "--cores", "2", "--configfile", "changed.yaml", cwd=work).stdout
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1].split("Reasons:")[0], re.MULTILINE))
     assert stats == {"unlearn": "3", "evaluate": "3", "report": "1", "track": "1", "all": "1", "total": "9"}, plan[-3000:]
     unlearned = re.findall(r"^\s*rule unlearn:\n(?:\s+\w+: .*\n)*?\s+wildcards: (.*)\n", plan, re.MULTILINE)
