@@ -79,7 +79,7 @@ EVAL_OUT = ["metrics.json", "samples.parquet"]
 # --- a job's grid coordinates, from its wildcards ------------------------------------------------
 # The functions below that a rule names (as an input or a param) are marked `@rule_function`.
 # Snakemake reads such a function's signature (which of wildcards, input, output, ... it takes)
-# three times at every call, that is for every job: about 5 % of planning a 10,000-job study.
+# two or three times at every call, that is for every job: ~5 % of planning a 10,000-job study.
 # rule_function has it read once; Snakemake's own wrappers (snakemake.ioutils) use the same hook.
 
 
