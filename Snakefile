@@ -10,6 +10,7 @@
 #
 # snakemake --cores all                                   # the default study (config/config.yaml)
 # snakemake --cores all --configfile config/smoke.yaml    # the micro study of the tests
+import gc
 import os
 
 from snakemake.utils import min_version
@@ -36,6 +37,11 @@ report: "workflow/report/workflow.rst"
 # jobs' `forgetlab` commands run in a fork server with torch, transformers and mlflow imported once
 # (forgetlab.forkserver; docs/running.md); FORGETLAB_FORKSERVER=0 snakemake ... runs each in its own process
 os.environ.setdefault("FORGETLAB_FORKSERVER", "1")
+
+# Planning keeps every job, file and wildcard object of the DAG until it ends: at Python's default
+# thresholds (700, 10, 10) the garbage collector scans them over and over, ~18 % of planning a
+# 10,000-job study. Collecting less often frees the same garbage, later (docs/benchmarks.md, planning).
+gc.set_threshold(100_000, 20, 100)
 
 
 include: "workflow/rules/common.smk"

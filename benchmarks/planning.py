@@ -1,7 +1,7 @@
 """How long Snakemake takes to plan a study at cluster scale; nothing is trained.
 
 Generates study configs from the default one (regularizer entries x seeds x splits x methods,
-every entry a copy of a default one under another name), then times `snakemake -n --quiet` on each
+every entry a copy of a default one under another name; no sequential runs or training paths), then times `snakemake -n --quiet` on each
 in a scratch directory, and, for scale, the default study's own plan. The default grid, 11 entries
 x 10 seeds x 3 splits x 14 methods (10,348 jobs), is the smallest of that shape with at least
 10,000 jobs; `--regularizers 11 24` times a larger one (22,568 jobs) after it. Prints, and writes
@@ -50,6 +50,8 @@ def big_config(n_regularizers: int, n_seeds: int, n_methods: int) -> dict:
     config["regularizers"] = {f"reg{i:03d}": regs[i % len(regs)] for i in range(n_regularizers)}
     config["methods"] = {f"method{i:03d}": methods[i % len(methods)] for i in range(n_methods)}
     config["sequential"] = None
+    for key in ("paths", "stages"):  # no training paths either: the grid keeps its shape (and job count)
+        config.pop(key, None)
     return config
 
 

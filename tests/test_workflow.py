@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 from collections import Counter
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from forgetlab import environment, memory
@@ -218,6 +220,24 @@ def test_sequential_steps_chain_and_are_rows_of_the_summary(study):
 def test_second_invocation_has_nothing_to_do(study):
     proc = sh("snakemake", "-n", "--cores", "2", "--configfile", CONFIG, cwd=study["work"])
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_a_changed_method_setting_reruns_that_methods_jobs_only(study, tmp_path):
+    """The rerun trigger (each job's resolved params): in a copy of the finished study, a new gamma
+    for grad_diff plans its unlearning and evaluation in each of the 3 grid cells (3 regularizers x
+    1 seed x 1 split), then the report, `track` and `all`; no other job."""
+    work = tmp_path / "work"
+    shutil.copytree(study["work"], work, symlinks=True)  # copy2 keeps the mtimes Snakemake compares
+    config = smoke_config()
+    config["methods"]["grad_diff"]["gamma"] = 2.0
+    (work / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # key order kept: params compare as text
+    plan = sh("snakemake", "-n", "--cores", "2", "--configfile", "changed.yaml", cwd=work).stdout
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1].split("Reasons:")[0], re.MULTILINE))
+    assert stats == {"unlearn": "3", "evaluate": "3", "report": "1", "track": "1", "all": "1", "total": "9"}, plan[-3000:]
+    unlearned = re.findall(r"^\s*rule unlearn:\n(?:\s+\w+: .*\n)*?\s+wildcards: (.*)\n", plan, re.MULTILINE)
+    assert sorted(unlearned) == [f"reg={r}, seed=0, split=forget10, method=grad_diff" for r in ("dropout", "none", "soup_zloss")]
+    # the unlearning jobs for their params; their evaluations (whose params changed too) for their new inputs
+    assert plan.count("Params have changed since last execution") == 3
 
 
 def test_every_job_records_its_environment_and_the_report_sums_them_up(study):

@@ -1,5 +1,8 @@
 # The study grid and the paths of every artifact. The only place in the workflow with logic.
+import inspect
 from pathlib import Path
+
+from snakemake.common import overwrite_function_params
 
 from forgetlab.config import entry_soup, sequential_runs, snapshot, stage_params, stage_threads
 from forgetlab.paths import ROOT as STAGE_ROOT, authors_stages, parse_stage_model, path_model, previous_model, study_paths
@@ -74,6 +77,18 @@ EVAL_OUT = ["metrics.json", "samples.parquet"]
 
 
 # --- a job's grid coordinates, from its wildcards ------------------------------------------------
+# The functions below that a rule names (as an input or a param) are marked `@rule_function`.
+# Snakemake reads such a function's signature (which of wildcards, input, output, ... it takes)
+# two or three times at every call, that is for every job: ~5 % of planning a 10,000-job study.
+# rule_function has it read once; Snakemake's own wrappers (snakemake.ioutils) use the same hook.
+
+
+def rule_function(func):
+    """`func`, its signature read once and for all (see above)."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 def finetune_coords(w):
     """target, <split>/oracle, and either with /ingredient<i>; or a stage model of a path."""
     if w.tuned.startswith(f"{STAGE_ROOT}/"):
@@ -103,14 +118,16 @@ def model_coords(w):
 
 def job(stage, coords):
     """The job's resolved parameters (its rules' rerun trigger) and its command-line coordinates."""
-    return {"stage": lambda w: stage_params(config, stage, **coords(w)),
-            "at": lambda w: " ".join(f"--at {k}={v}" for k, v in coords(w).items())}
+    return {"stage": rule_function(lambda w: stage_params(config, stage, **coords(w))),
+            "at": rule_function(lambda w: " ".join(f"--at {k}={v}" for k, v in coords(w).items()))}
 
 
+@rule_function
 def data_dir(w, input):
     return Path(input.qa).parent
 
 
+@rule_function
 def out_dir(w, output):
     return Path(output[0]).parent
 
@@ -121,6 +138,7 @@ def cell(w):
     return {k: w.get(k) for k in ("reg", "seed", "split", "path", "method")}
 
 
+@rule_function
 def target_model(w):
     """The target of the job's grid cell: the regularizer's, or its path's (the last stage's model)."""
     if PATHS:
@@ -128,12 +146,14 @@ def target_model(w):
     return TARGET.format(reg=w.reg, seed=w.seed)
 
 
+@rule_function
 def oracle_model(w):
     if PATHS:
         return f"{RES}/finetune/{w.reg}/seed{w.seed}/{path_model(config, w.path, 'oracle', w.split)}/model"
     return ORACLE.format(reg=w.reg, seed=w.seed, split=w.split)
 
 
+@rule_function
 def finetune_start(w):
     """What a fine-tune starts from: the pretrained model, or the previous stage's model of a path."""
     previous = previous_model(w.tuned, AUTHORS) if w.tuned.startswith(f"{STAGE_ROOT}/") else None
@@ -142,14 +162,16 @@ def finetune_start(w):
 
 def eval_file(model, name="samples.parquet"):
     """A file of the evaluation of the job's `model` (target, oracle, ...) of the same grid cell."""
-    return lambda w: f"{EVAL.format(**cell(w), model=model)}/{name}"
+    return rule_function(lambda w: f"{EVAL.format(**cell(w), model=model)}/{name}")
 
 
+@rule_function
 def ingredients(w):
     """The k ingredient fine-tunes of a soup."""
     return [f"{RES}/finetune/{w.reg}/seed{w.seed}/{w.tuned}/ingredient{i}/model" for i in range(SOUP_K[w.reg])]
 
 
+@rule_function
 def sequential_start(w):
     """The model a sequential step starts from: the target for step 1, else the previous step's."""
     step = int(w.step)
@@ -158,6 +180,7 @@ def sequential_start(w):
     return SEQ_UNLEARNED.format(**cell(w), step=step - 1)
 
 
+@rule_function
 def eval_inputs(w):
     """The evaluated model of EVAL's `model` (target, oracle or a method) and its reference tables."""
     models = {"target": target_model, "oracle": oracle_model}
@@ -170,6 +193,7 @@ def eval_inputs(w):
     return inputs
 
 
+@rule_function
 def tables(w, input):
     """The evaluation's reference tables (`--oracle DIR`, `--target DIR`) from its inputs."""
     return " ".join(f"--{name} {Path(input[name]).parent}" for name in ("oracle", "target") if name in input.keys())
