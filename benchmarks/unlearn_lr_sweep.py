@@ -2,7 +2,8 @@
 
 The reference learning rates (open-unlearning: 1e-5 for a 1B-parameter model) barely move the tiny
 default model in 28 steps, and one shared value favours some methods over others. This script runs
-every method of a config on the `none` target of seed 0 at each learning rate of a grid, with the
+every method of a config on the `none` target of seed 0 (of the first training path, when the config
+has paths) at each learning rate of a grid, with the
 trajectory recorded every `--eval-every` steps, and picks per method:
 
     among the *stable* runs (forget_prob never rises more than 0.05 above its lowest value so far),
@@ -49,6 +50,10 @@ def sweep_config(config: dict, eval_every: int) -> tuple[dict, dict[str, tuple[s
     """The study config with one method entry per (method, lr), on the `none` entry only."""
     sweep = copy.deepcopy(config)
     sweep["regularizers"] = {REGULARIZER: config["regularizers"][REGULARIZER]}
+    sweep["seeds"] = [SEED]
+    if config.get("paths"):  # the first path only (the reference path of the report)
+        first = next(iter(config["paths"]))
+        sweep["paths"] = {first: config["paths"][first]}
     sweep["unlearn"] = {**config["unlearn"], "eval_every": eval_every}
     sweep.pop("sequential", None)
     entries, runs = {}, {}
@@ -71,9 +76,10 @@ def main() -> None:
     sweep, runs = sweep_config(config, args.eval_every)
     res = Path("results") / config["study"]
     split = config["splits"][0]
-    unlearned = [res / f"unlearn/{REGULARIZER}/seed{SEED}/{split}/{entry}/model" for entry in runs]
-    oracle_eval = res / f"eval/{REGULARIZER}/seed{SEED}/{split}/oracle/samples.parquet"
-    target_eval = res / f"eval/{REGULARIZER}/seed{SEED}/{split}/target/samples.parquet"
+    cell = f"{REGULARIZER}/seed{SEED}/" + (f"{next(iter(sweep['paths']))}/" if sweep.get("paths") else "") + split
+    unlearned = [res / f"unlearn/{cell}/{entry}/model" for entry in runs]
+    oracle_eval = res / f"eval/{cell}/oracle/samples.parquet"
+    target_eval = res / f"eval/{cell}/target/samples.parquet"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"
         path.write_text(yaml.safe_dump(sweep, sort_keys=False))
@@ -113,7 +119,7 @@ def main() -> None:
                           "final_retain_prob": float(pick["final_retain_prob"])}
     print("\nchosen:", json.dumps(chosen))
     out = {"date": datetime.date.today().isoformat(), "config": args.config, "regularizer": REGULARIZER,
-           "seed": SEED, "split": split, "eval_every": args.eval_every, "oracle_forget_prob": oracle_prob,
+           "seed": SEED, "path": next(iter(sweep.get("paths") or {None: 0})), "split": split, "eval_every": args.eval_every, "oracle_forget_prob": oracle_prob,
            "target_forget_prob": target_prob, "rule": "among stable runs (forget_prob rises <= 0.05 above its running minimum), the smallest lr "
            "ending below the oracle's forget_prob, else the lowest final forget_prob",
            "runs": rows, "chosen": chosen}

@@ -2,7 +2,10 @@
 import inspect
 from pathlib import Path
 
-from snakemake.common import overwrite_function_params
+try:  # a Snakemake internal (9.x); without it, rule functions are left as they are (only slower to plan)
+    from snakemake.common import overwrite_function_params
+except ImportError:
+    overwrite_function_params = None
 
 from forgetlab.config import entry_soup, sequential_runs, snapshot, stage_params, stage_threads
 from forgetlab.paths import ROOT as STAGE_ROOT, authors_stages, parse_stage_model, path_model, previous_model, study_paths
@@ -85,7 +88,8 @@ EVAL_OUT = ["metrics.json", "samples.parquet"]
 
 def rule_function(func):
     """`func`, its signature read once and for all (see above)."""
-    overwrite_function_params(func, inspect.signature(func).parameters)
+    if overwrite_function_params is not None:
+        overwrite_function_params(func, inspect.signature(func).parameters)
     return func
 
 
