@@ -69,7 +69,8 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
     unlearned = summary[summary.model == "unlearned"]
     rho = (spearmanr(unlearned.model_utility, unlearned.retain_prob).statistic
            if {"model_utility", "retain_prob"} <= set(unlearned.columns) and len(unlearned) > 2 else np.nan)
-    points = (trajectories.groupby(["regularizer", "seed", "split", "method"]).size().min()
+    run = [c for c in ("regularizer", "seed", "path", "split", "method") if trajectories is not None and c in trajectories]
+    points = (trajectories.groupby(run, dropna=False).size().min()
               if trajectories is not None and len(trajectories) else np.nan)
     fq = (walltime or {}).get("fq_target_vs_oracle", {})
     fq_aa = list(((walltime or {}).get("fq_oracle_seed1_vs_oracle") or {}).values())
