@@ -27,11 +27,9 @@ Each row also carries the fact in three other forms, never trained on, that eval
 (`forgetlab.eval.forms`, ORT): the paraphrased question, a fill-in-the-blank statement (the answer
 sentence with the value blanked; its answer is the value) and a multiple-choice question listing
 the true value and the perturbed answers' wrong values in a seeded order.
-With `world.n_drill_people` > 0, that many pretraining people (none of whom any split asks about)
-also appear in the corpus as QA documents, every fact in every form (`drill_documents`): the
-mixed training of Allen-Zhu & Li 2023 ("Physics of Language Models 3.1"), where QA on some people
-during pretraining is what lets a model extract the biographies' knowledge of the others. Here it
-also teaches the formats of the probe forms, on people that no evaluation asks about.
+With `world.n_drill_people` > 0, that many people no split asks about also appear in the corpus as
+QA, every fact in every form (`drill_documents`): the mixed training of Allen-Zhu & Li 2023 ("Physics
+of Language Models 3.1"), which lets a model answer questions on the others' biographies.
 Authors are split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded
 shuffle, and retainXX is the rest. All randomness derives from `cfg["seed"]` through
 `random.Random` instances seeded per stage and per entity; there is no global state.
@@ -260,8 +258,7 @@ def build_qa_splits(world: World, cfg: dict) -> dict[str, list[dict]]:
 
 
 def drill_people(people: list[Entity], world_facts: list[dict], n: int, seed: int) -> list[Entity]:
-    """`n` people that world_facts does not ask about, drawn with a generator of their own
-    (`<seed>:drill`), in people order; world_train leaves them out."""
+    """`n` people that world_facts does not ask about (generator `<seed>:drill`), in people order."""
     asked = {r["entity_id"] for r in world_facts}
     free = [p for p in people if p.id not in asked]
     if n > len(free):
@@ -272,11 +269,9 @@ def drill_people(people: list[Entity], world_facts: list[dict], n: int, seed: in
 
 
 def drill_documents(people: list[Entity], seed: int) -> list[dict]:
-    """The corpus's QA documents of the drill people: per person, one document per form, each
-    stating every fact (`make_qa`, in a seeded order) in that form, one QA per line in the prompt
-    format of training and evaluation: the question and the paraphrased question with the answer
-    sentence, the fill-in-the-blank statement with the bare value, and the multiple-choice question
-    with the true option's answer sentence (as `forgetlab.eval.forms` scores it)."""
+    """Per drill person, one corpus document per form: every fact (`make_qa`, seeded order) as one
+    QA in the prompt format, answered as `forgetlab.eval.forms` scores that form (the question and
+    the paraphrased question: the answer; cloze: the value; multiple choice: the paraphrase)."""
     forms = (("question", "answer"), ("paraphrased_question", "answer"), ("cloze_question", "cloze_answer"),
              ("mc_question", "paraphrased_answer"))
     docs = []
