@@ -67,8 +67,13 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
         return float(rows[column].mean()) if column in rows and len(rows) else np.nan
 
     unlearned = summary[summary.model == "unlearned"]
-    rho = (spearmanr(unlearned.model_utility, unlearned.retain_prob).statistic
-           if {"model_utility", "retain_prob"} <= set(unlearned.columns) and len(unlearned) > 2 else np.nan)
+    def spearman(rows: pd.DataFrame) -> float:
+        return (spearmanr(rows.model_utility, rows.retain_prob).statistic
+                if {"model_utility", "retain_prob"} <= set(rows.columns) and len(rows) > 2 else np.nan)
+
+    rho = spearman(unlearned)
+    by_path = ([spearman(g) for _, g in unlearned.groupby("path")]
+               if "path" in unlearned and unlearned.path.notna().any() else [])
     run = [c for c in ("regularizer", "seed", "path", "split", "method") if trajectories is not None and c in trajectories]
     points = (trajectories.groupby(run, dropna=False).size().min()
               if trajectories is not None and len(trajectories) else np.nan)
@@ -86,6 +91,8 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
         ("target's world-facts multiple-choice accuracy (not a target; collateral damage of fine-tuning)", "-",
          mean("target", "world_facts_option_accuracy")),
         ("Spearman rank correlation of model utility with retain prob, unlearned models", ">= 0.8", rho),
+        ("the same within each training path (the smallest; the paths differ in world knowledge)", ">= 0.8",
+         min(by_path) if by_path else np.nan),
         ("share of unlearned runs reaching the oracle's forget prob", ">= 0.5", float(unlearned.threshold_reached.mean())
          if "threshold_reached" in unlearned else np.nan),
         ("share of unlearned runs collapsed", "flagged", float(unlearned.collapsed.mean())
