@@ -109,13 +109,7 @@ def path_tests(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=["regularizer", PATH, "reference_path", *stats.TEST_COLUMNS[2:]])
     table = pd.concat(parts, ignore_index=True)
-    table = table[["regularizer", *[c for c in table.columns if c != "regularizer"]]]
-    table["p_holm"] = 1.0
-    for family in table["family"].unique():
-        testable = table["testable"].to_numpy(dtype=bool) & (table["family"] == family).to_numpy()
-        table.loc[testable, "p_holm"] = stats.holm(table.loc[testable, "p_value"].to_numpy())
-    table["reject"] = table["testable"].to_numpy(dtype=bool) & (table["p_holm"].to_numpy() <= stats.ALPHA)
-    return table
+    return stats.holm_by_family(table[["regularizer", *[c for c in table.columns if c != "regularizer"]]].copy())
 
 
 def evaluations(metric_files: list[Path]) -> pd.DataFrame:

@@ -102,6 +102,18 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
+def holm_by_family(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """`table` (a tests table) with p_holm, Holm's correction over the testable rows of each
+    `family` separately (1 for a row that is not testable), and reject = testable and p_holm <= alpha."""
+    testable = table["testable"].astype(bool).to_numpy()
+    table["p_holm"] = 1.0
+    for family in table["family"].unique():
+        rows = testable & (table["family"] == family).to_numpy()
+        table.loc[rows, "p_holm"] = holm(table.loc[rows, "p_value"].to_numpy())
+    table["reject"] = testable & (table["p_holm"].to_numpy() <= alpha)
+    return table
+
+
 def seed_stats(long: pd.DataFrame, n_boot: int = N_BOOT, confidence: float = CONFIDENCE,
                seed: int = SEED) -> pd.DataFrame:
     """Mean and bootstrap CI over seeds per (regularizer, method, split, metric).
@@ -163,12 +175,7 @@ def paired_tests(wide: pd.DataFrame, metrics: dict[str, str], baseline: str = "n
                          "mean_diff": mean, "median_diff": float(np.median(d)) if len(d) else 0.0,
                          "diff_ci_low": low, "diff_ci_high": high,
                          "family": AA_FAMILY if level in aa_controls else factor, "n_excluded": int(dropped.sum())})
-    table = pd.DataFrame(rows, columns=[factor, *TEST_COLUMNS[1:]])
-    table["p_holm"] = 1.0
-    for family in table["family"].unique():
-        testable = table["testable"].astype(bool).to_numpy() & (table["family"] == family).to_numpy()
-        table.loc[testable, "p_holm"] = holm(table.loc[testable, "p_value"].to_numpy())
-    table["reject"] = table["testable"].astype(bool).to_numpy() & (table["p_holm"].to_numpy() <= alpha)
+    table = holm_by_family(pd.DataFrame(rows, columns=[factor, *TEST_COLUMNS[1:]]), alpha)
     for col in ("testable", "reject"):
         table[col] = table[col].astype(bool)
     table["n_excluded"] = table["n_excluded"].astype(int)

@@ -288,9 +288,9 @@ def drill_documents(people: list[Entity], seed: int) -> list[dict]:
 def world_train_qa(people: list[Entity], world_facts: list[dict], n: int | None, seed: int,
                    default: int = 0, exclude: set[str] = frozenset()) -> list[dict]:
     """`n` QA rows of general knowledge to train on: facts of the people that world_facts does not
-    ask about at all, nor in `exclude` (the drill people) (disjoint in entities, hence in questions,
-    from world_facts; real_authors is another population), sampled with a generator of its own (`<seed>:world_train`), so that no
-    other split changes. `n` None: `default` rows (the author QA's count), or every free fact if
+    ask about at all, nor `exclude` (the drill people); disjoint in entities, hence in questions,
+    from world_facts (real_authors is another population); sampled with a generator of its own
+    (`<seed>:world_train`), so that no other split changes. `n` None: `default` rows (the author QA's count), or every free fact if
     there are fewer; an `n` larger than that is an error."""
     asked = {r["entity_id"] for r in world_facts} | set(exclude)
     free = [p for p in people if p.id not in asked]
