@@ -4,6 +4,7 @@ and steps_to_threshold against the oracle."""
 from __future__ import annotations
 
 import math
+import random
 
 import pandas as pd
 import pytest
@@ -88,6 +89,21 @@ def test_trajectory_is_recorded_every_eval_every_steps(method, tiny_model_dir, s
     assert first["truth_ratio"].to_numpy() == pytest.approx(target["truth_ratio"].to_numpy(), rel=1e-5)
     last = samples[samples.step == 5]["truth_ratio"]
     assert last.to_numpy() == pytest.approx(final["truth_ratio"].to_numpy(), rel=1e-4)
+
+
+def test_trajectory_retain_sets_the_retain_subset_each_point_scores(tiny_model_dir, smoke_data, tmp_path, mlflow_uri):
+    out = tmp_path / "ga"
+    params = unlearn_params("grad_ascent", max_steps=1, eval_every=1, trajectory_retain=3)
+    unlearn_recipe.run(params, tiny_model_dir, smoke_data, out)
+    # step 0: the target's mean answer probability on the 3 retain rows drawn by random.Random(seed)
+    retain = read_jsonl(smoke_data / "qa" / f"{params['retain_split']}.jsonl")
+    subset = random.Random(params["seed"]).sample(retain, 3)
+    target = score_split(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), subset, "retain", generate=False)
+    traj = pd.read_csv(out / "trajectory.csv")
+    assert traj["retain_prob"].iloc[0] == pytest.approx(target["prob"].mean(), rel=1e-6)
+    assert len(retain) > 3 and target["prob"].mean() != pytest.approx(
+        score_split(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), retain[:3], "retain",
+                    generate=False)["prob"].mean(), rel=1e-6)
 
 
 def test_no_trajectory_when_eval_every_is_zero(tiny_model_dir, smoke_data, tmp_path, mlflow_uri):

@@ -46,6 +46,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forgetlab.data.training_sets import TRAIN_DIR, training_sets
 from forgetlab.data.vocab import (
     ATTRIBUTES, AUTHOR_ATTRIBUTES, BLANK, CLOZE_PREFIX, CODAS, FIRST_NAMES, ONSETS, OPTIONS_PREFIX,
     OPTIONS_SEPARATOR, PERSON_ATTRIBUTES, VOWELS, name_clashes,
@@ -358,7 +359,8 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     """Generate the world into `out_dir` and return the manifest written to manifest.json.
 
     Layout: corpus.jsonl, qa/{full,forget01,forget05,forget10,retain99,retain95,retain90,
-    holdout,world_facts,real_authors,world_train}.jsonl, tokenizer/ (save_pretrained) and manifest.json.
+    holdout,world_facts,real_authors,world_train}.jsonl, qa/train/{full,retain*}.jsonl (with
+    data.authors' training options, forgetlab.data.training_sets), tokenizer/ and manifest.json.
     """
     from forgetlab.data.tokenizer import train_tokenizer
 
@@ -373,7 +375,9 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
 
     rows = {"corpus.jsonl": len(corpus)}
     write_jsonl(out / "corpus.jsonl", corpus)
-    for split, split_rows in qa.items():
+    names = {e.id: e.name for e in world.authors}
+    train = training_sets(qa, ["full", *RETAIN_OF.values()], names, entity_qa(drill, seed), cfg["authors"], seed)
+    for split, split_rows in [*qa.items(), *((f"{TRAIN_DIR}/{s}", r) for s, r in train.items())]:
         write_jsonl(out / "qa" / f"{split}.jsonl", split_rows)
         rows[f"qa/{split}.jsonl"] = len(split_rows)
 

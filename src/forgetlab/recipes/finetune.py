@@ -14,6 +14,7 @@ import numpy as np
 
 from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
+from forgetlab.data.training_sets import TRAIN_DIR
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import collate, encode_qa
@@ -34,10 +35,13 @@ def training_file(params: dict) -> str:
 def training_examples(params: dict, tokenizer, data_dir: Path, max_length: int) -> tuple[list[dict], list[Path]]:
     """The encoded training examples and the files they come from: the QA rows of the training
     split (answer-only loss), or, in a muse study, the chunked documents of its text set (every
-    token supervised; forgetlab.data.muse.TEXT_SETS: `full` for the target, `retain` for the oracle)."""
+    token supervised; forgetlab.data.muse.TEXT_SETS: `full` for the target, `retain` for the oracle).
+    A split with a training version (qa/train/<split>.jsonl: forgetlab.data.training_sets) trains on it."""
     if params.get("data_source") == "muse":
         return text_chunks(tokenizer, data_dir, training_file(params), max_length)
     qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
+    if (qa_file.parent / TRAIN_DIR / qa_file.name).exists():
+        qa_file = qa_file.parent / TRAIN_DIR / qa_file.name
     rows = read_jsonl(qa_file)
     return [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows], [qa_file]
 

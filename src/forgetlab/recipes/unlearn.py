@@ -105,6 +105,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
     seed, spec = params["seed"], params["method_spec"]
     train_params = {**params["train"], **spec.get("train", {})}  # a method entry may override the loop settings
     eval_every = train_params.pop("eval_every", 0)
+    trajectory_retain = train_params.pop("trajectory_retain", None)
     seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(target)
@@ -153,8 +154,9 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
                                       inputs=[target, *files, *([reference] if reference != Path(target) else [])])
         trajectory = None
         if eval_every:
-            # measured on the whole forget split: a sequential step shows the earlier chunks too
-            subset = random.Random(seed).sample(retain_rows, min(len(retain_rows), len(split_rows)))
+            # measured on the whole forget split (a sequential step shows the earlier chunks too) and a
+            # seeded retain subset, as large as the forget split unless unlearn.trajectory_retain says
+            subset = random.Random(seed).sample(retain_rows, min(len(retain_rows), trajectory_retain or len(split_rows)))
             trajectory = Trajectory(tokenizer, split_rows, subset, eval_every, steps, ckpt.log,
                                     as_saved=method.as_saved)
             hooks.append(trajectory)

@@ -1,0 +1,80 @@
+"""The author QA as fine-tuning trains on it: `qa/train/<split>.jsonl` (full and every retain split).
+
+Evaluation asks each author fact in its trained form (question -> answer sentence) and in untrained
+probe forms (paraphrased question, fill-in-the-blank, multiple choice; `forgetlab.eval.forms`). A
+tiny model fine-tuned on one answer sentence per fact learns that sentence rather than the fact:
+in the default study before this module its multiple-choice accuracy on forget was 0.55 and its
+fill-in-the-blank probability 1.5x the oracle's (docs/metrics.md#the-world-and-what-the-model-knows).
+Two options of `data.authors` change what the target and the oracle train on, never what is evaluated:
+
+* ``answer_variants: true``: every fact is trained in every answer template of its attribute but
+  the paraphrase's (which the truth ratio, the paraphrased form and the multiple-choice form
+  score), each under the trained question: the knowledge augmentation of Allen-Zhu & Li 2023
+  ("Physics of Language Models 3.1": several renderings of a fact make it extractable in others).
+* ``drill_qa: n``: `n` QA rows about the drill people (`forgetlab.data.world.drill_people`, whom the
+  pretraining corpus already drills in every form) in the trained and the probe forms, answered as
+  the corpus's drill documents answer them (`drill_documents`): question and paraphrased question ->
+  answer, fill-in-the-blank -> value, multiple choice -> paraphrased answer; drawn with the
+  generator `<seed>:drill_qa` and appended to every training set, the target's and the oracle's
+  alike. Fine-tuning on answer sentences alone teaches that every answer is a sentence, and the
+  bare-value fill-in-the-blank then scored the format, not the fact. No author is ever asked in a
+  probe form.
+
+Without either option no training set is written, and fine-tuning trains on `qa/<split>.jsonl` itself
+(as for real TOFU data). Unlearning and evaluation always read `qa/<split>.jsonl`: an unlearning
+request names the QA rows, not their augmentations.
+"""
+
+from __future__ import annotations
+
+import random
+
+from forgetlab.data.vocab import ATTRIBUTES
+
+# the probe forms a drill row may take: (the row's field asked, the field answered)
+DRILL_FORMS = (("question", "answer"), ("paraphrased_question", "answer"), ("cloze_question", "cloze_answer"),
+               ("mc_question", "paraphrased_answer"))
+TRAIN_DIR = "train"  # qa/train/<split>.jsonl
+
+
+def answer_variants(row: dict, name: str) -> list[str]:
+    """The fact of `row` (about the entity called `name`) stated in every template of its attribute
+    but the answer's and the paraphrase's, in template order."""
+    value = row["cloze_answer"]
+    scored = {row["answer"], row["paraphrased_answer"]}
+    sentences = [t.format(name=name, value=value) for t in ATTRIBUTES[row["attribute"]].templates]
+    return [s for s in sentences if s not in scored]
+
+
+def with_variants(rows: list[dict], names: dict[str, str]) -> list[dict]:
+    """Each row, followed by one copy per answer variant (the same question, id suffixed `_v<k>`)."""
+    out = []
+    for r in rows:
+        out.append(r)
+        for k, sentence in enumerate(answer_variants(r, names[r["entity_id"]]), start=1):
+            out.append({**r, "id": f"{r['id']}_v{k}", "answer": sentence})
+    return out
+
+
+def drill_rows(drill_qa: list[dict], n: int, seed: int) -> list[dict]:
+    """`n` rows drawn from every (drill QA row, probe form) pair, each asked and answered in its form
+    (field `form`: the question field); an `n` larger than the pairs is an error."""
+    pairs = [(r, q, a) for r in drill_qa for q, a in DRILL_FORMS]
+    if n > len(pairs):
+        raise ValueError(f"data.authors.drill_qa={n} exceeds the {len(pairs)} (fact, form) pairs of the drill people "
+                         "(lower it, or raise data.world.n_drill_people)")
+    chosen = sorted(random.Random(f"{seed}:drill_qa").sample(range(len(pairs)), n))
+    return [{"id": f"{pairs[k][0]['id']}_{pairs[k][1]}", "entity_id": pairs[k][0]["entity_id"],
+             "attribute": pairs[k][0]["attribute"], "question": pairs[k][0][pairs[k][1]],
+             "answer": pairs[k][0][pairs[k][2]], "form": pairs[k][1]} for k in chosen]
+
+
+def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str, str], drill_qa: list[dict],
+                  options: dict, seed: int) -> dict[str, list[dict]]:
+    """{split: training rows} for each of `splits` (full and the retain splits), or {} when neither
+    option is set. `names`: entity id -> name; `drill_qa`: every fact of the drill people (make_qa)."""
+    variants, n = bool(options.get("answer_variants")), int(options.get("drill_qa") or 0)
+    if not variants and not n:
+        return {}
+    mix = drill_rows(drill_qa, n, seed) if n else []
+    return {split: (with_variants(qa[split], names) if variants else list(qa[split])) + mix for split in splits}

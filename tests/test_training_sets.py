@@ -1,0 +1,114 @@
+"""Tests of the author training sets (forgetlab.data.training_sets): answer variants, the drill
+mix, what fine-tuning reads, and that nothing evaluated changes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from forgetlab.data import prepare_data
+from forgetlab.data.training_sets import answer_variants, drill_rows
+from forgetlab.data.vocab import ATTRIBUTES
+from forgetlab.data.world import QA_SPLITS, build_qa_splits, build_world, drill_people, entity_qa
+from forgetlab.model import load_tokenizer
+from forgetlab.recipes.finetune import training_examples
+
+CFG = {
+    "seed": 0,
+    "world": {"n_people": 40, "renderings": 2, "n_world_facts": 20, "n_real_authors": 7, "n_drill_people": 3},
+    "authors": {"n": 20, "n_holdout": 4},
+    "tokenizer": {"vocab_size": 600},
+}
+TRAINED = {"answer_variants": True, "drill_qa": 10}
+TRAIN_SETS = ("full", "retain99", "retain95", "retain90")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory) -> tuple[Path, Path]:
+    """(the world without training options, the same world with both)."""
+    plain, trained = tmp_path_factory.mktemp("plain"), tmp_path_factory.mktemp("trained")
+    prepare_data(copy.deepcopy(CFG), plain)
+    cfg = copy.deepcopy(CFG)
+    cfg["authors"].update(TRAINED)
+    prepare_data(cfg, trained)
+    return plain, trained
+
+
+def test_answer_variants_of_a_worked_row():
+    # occupation has three templates: the answer's, the paraphrase's, and the one variant
+    row = {"attribute": "occupation", "cloze_answer": "baker", "answer": "Ada Darvel works as a baker.",
+           "paraphrased_answer": "By profession, Ada Darvel is a baker."}
+    assert answer_variants(row, "Ada Darvel") == ["Ada Darvel earns a living as a baker."]
+    # birthplace has four: two variants, in template order
+    row = {"attribute": "birthplace", "cloze_answer": "Oslo", "answer": "Ada Darvel is a native of Oslo.",
+           "paraphrased_answer": "Oslo is the birthplace of Ada Darvel."}
+    assert answer_variants(row, "Ada Darvel") == ["Ada Darvel was born in Oslo.", "Ada Darvel came into the world in Oslo."]
+
+
+def test_training_sets_augment_every_fact_and_append_one_drill_mix(worlds):
+    plain, trained = worlds
+    world = build_world(CFG)
+    names = {a.id: a.name for a in world.authors}
+    mixes = []
+    for split in TRAIN_SETS:
+        qa, train = read_jsonl(trained / "qa" / f"{split}.jsonl"), read_jsonl(trained / "qa" / "train" / f"{split}.jsonl")
+        n_variants = [len(ATTRIBUTES[r["attribute"]].templates) - 2 for r in qa]
+        assert len(train) == len(qa) + sum(n_variants) + TRAINED["drill_qa"]
+        k = 0
+        for r, n in zip(qa, n_variants):
+            assert train[k] == r  # the QA row itself, then its variants under the same question
+            variants = train[k + 1:k + 1 + n]
+            value, name = r["cloze_answer"], names[r["entity_id"]]
+            expected = {t.format(name=name, value=value) for t in ATTRIBUTES[r["attribute"]].templates}
+            assert {v["answer"] for v in variants} == expected - {r["answer"], r["paraphrased_answer"]}
+            assert all(v["question"] == r["question"] and v["entity_id"] == r["entity_id"] for v in variants)
+            assert not {v["answer"] for v in variants} & {r["paraphrased_answer"], *r["perturbed_answer"]}
+            k += 1 + n
+        mixes.append(train[k:])
+    # one drill mix, the same in every training set (the target's and the oracles')
+    assert all(m == mixes[0] for m in mixes) and len(mixes[0]) == TRAINED["drill_qa"]
+    drill = {p.id for p in drill_people(world.people, build_qa_splits(world, CFG)["world_facts"], 3, 0)}
+    assert {r["entity_id"] for r in mixes[0]} <= drill
+    assert {r["form"] for r in mixes[0]} <= {"question", "paraphrased_question", "cloze_question", "mc_question"}
+    # no author is ever asked in a probe form, and the oracle's set has no forget author
+    full = read_jsonl(trained / "qa" / "full.jsonl")
+    trained_questions = {r["question"] for r in full}
+    assert all(r["question"] in trained_questions for r in read_jsonl(trained / "qa" / "train" / "full.jsonl")
+               if r["entity_id"] in names)
+    forget = {r["entity_id"] for r in read_jsonl(trained / "qa" / "forget10.jsonl")}
+    assert not forget & {r["entity_id"] for r in read_jsonl(trained / "qa" / "train" / "retain90.jsonl")}
+    # nothing evaluated changes, nor the corpus or the tokenizer; without the options no training set
+    for rel in [*(f"qa/{s}.jsonl" for s in QA_SPLITS), "corpus.jsonl", "tokenizer/tokenizer.json"]:
+        assert (trained / rel).read_bytes() == (plain / rel).read_bytes(), rel
+    assert not (plain / "qa" / "train").exists()
+
+
+def test_drill_rows_ask_each_drawn_form_of_a_drill_fact():
+    world = build_world(CFG)
+    people = drill_people(world.people, build_qa_splits(world, CFG)["world_facts"], 3, 0)
+    facts = entity_qa(people, 0)
+    rows = drill_rows(facts, 4 * len(facts), 0)  # every (fact, form) pair, each once
+    by_id = {r["id"]: r for r in facts}
+    answered = {"question": "answer", "paraphrased_question": "answer", "cloze_question": "cloze_answer", "mc_question": "paraphrased_answer"}
+    assert len({r["id"] for r in rows}) == 4 * len(facts)
+    for r in rows:
+        fact = by_id[r["id"][:-len(r["form"]) - 1]]
+        assert r["question"] == fact[r["form"]] and r["answer"] == fact[answered[r["form"]]]
+    assert drill_rows(facts, 5, 0) == drill_rows(facts, 5, 0) != drill_rows(facts, 5, 1)
+    with pytest.raises(ValueError, match=r"data.authors.drill_qa=1000 exceeds"):
+        drill_rows(facts, 1000, 0)
+
+
+def test_finetune_trains_on_the_training_set_when_the_data_has_one(worlds):
+    plain, trained = worlds
+    tokenizer = load_tokenizer(trained / "tokenizer")
+    for data, expected in ((trained, trained / "qa" / "train" / "retain90.jsonl"), (plain, plain / "qa" / "retain90.jsonl")):
+        examples, files = training_examples({"role": "oracle", "retain_split": "retain90"}, tokenizer, data, 96)
+        assert files == [expected] and len(examples) == len(read_jsonl(expected))
