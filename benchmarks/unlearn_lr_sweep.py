@@ -130,7 +130,7 @@ def main() -> None:
             rise = float((traj["forget_prob"] - traj["forget_prob"].cummin()).max())
             reached_at = int(below["step"].iloc[0]) if len(below) else None
             rows.append({"path": p or "-", "method": method, "lr": lr, "points": len(traj), "reached_at": reached_at,
-                         "reached_early": reached_at is not None and reached_at <= REACH_BY * traj["step"].iloc[-1],
+                         "reached_early": bool(reached_at is not None and reached_at <= REACH_BY * traj["step"].iloc[-1]),
                          "max_rise": rise, "stable": rise <= MAX_RISE,
                          "final_forget_prob": float(traj["forget_prob"].iloc[-1]),
                          "final_retain_prob": float(traj["retain_prob"].iloc[-1]),
