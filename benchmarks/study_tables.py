@@ -24,7 +24,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = {"forget_quality": "forget quality", "model_utility": "model utility", "forget_prob": "forget prob",
            "retain_prob": "retain prob", "mia_loss": "MIA (loss) AUC", "steps_to_threshold": "steps to threshold",
            "threshold_reached": "reached oracle", "matched_forget_quality": "matched forget quality",
-           "matched_utility_retain_lik": "matched retain-lik. utility", "collapsed": "collapsed"}
+           "matched_model_utility_lik": "matched utility (no ROUGE)", "collapsed": "collapsed"}
 
 
 def fmt(x: float) -> str:
@@ -93,6 +93,10 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
         ("Spearman rank correlation of model utility with retain prob, unlearned models", ">= 0.8", rho),
         ("the same within each training path (the smallest; the paths differ in world knowledge)", ">= 0.8",
          min(by_path) if by_path else np.nan),
+        ("Spearman of the matched comparison's utility (model utility without ROUGE) with model utility, "
+         "unlearned models at the end of the run", "-",
+         spearmanr(unlearned.model_utility_lik, unlearned.model_utility).statistic
+         if {"model_utility_lik", "model_utility"} <= set(unlearned.columns) and len(unlearned) > 2 else np.nan),
         ("share of unlearned runs reaching the oracle's forget prob", ">= 0.5", float(unlearned.threshold_reached.mean())
          if "threshold_reached" in unlearned else np.nan),
         ("share of unlearned runs collapsed", "flagged", float(unlearned.collapsed.mean())

@@ -31,7 +31,7 @@ def metrics_of(model, reg, method, seed, aa_shift):
            "model_utility": 0.4 + 0.01 * m + (0.02 + 0.001 * k if better else 0.0) + jitter / 10,
            "forget_prob": 0.1, "retain_prob": {COLLAPSED_RUN: 0.15, DAMAGED_RUN: 0.5}.get((reg, method, seed), 0.7),
            "matched_forget_quality": 10.0 ** -(2 + seed + (0.1 * k if better else 0.0)),
-           "matched_utility_retain_lik": 0.3 + 0.01 * seed + (0.001 * (-1) ** k if better else 0.0)}
+           "matched_model_utility_lik": 0.3 + 0.01 * seed + (0.001 * (-1) ** k if better else 0.0)}
     return out
 
 

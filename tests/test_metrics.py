@@ -68,6 +68,9 @@ def test_model_utility_hand_worked():
     # the _para variant: ra terms 0.01, 1.0, 0.01 and wf terms 0.01, 0.5, 0.01 instead
     # -> 9 / (2+4+2 + 100+1+100 + 100+2+100) = 9/411
     assert METRICS.get("model_utility_para")(samples, None) == pytest.approx(9 / 411)
+    # the likelihood-only utility drops the three rouge terms: 0.5, 0.5 | 0.5, 0.5 | 1.0, 0.25
+    # -> 6 / (2+2 + 2+2 + 1+4) = 6/13
+    assert METRICS.get("model_utility_lik")(samples, None) == pytest.approx(6 / 13)
 
 
 def test_model_utility_zero_term_and_missing_split():

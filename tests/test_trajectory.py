@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from forgetlab.config import stage_params
 from forgetlab.eval.scoring import score_split
 from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
+from forgetlab.metrics import METRICS
 from forgetlab.model import load_model, load_tokenizer
 from forgetlab.recipes import read_jsonl
 from forgetlab.recipes import unlearn as unlearn_recipe
@@ -77,7 +78,7 @@ def test_trajectory_is_recorded_every_eval_every_steps(method, tiny_model_dir, s
     assert [m.value for m in history] == pytest.approx(traj["forget_prob"].tolist())
     assert len(client.get_metric_history(run.info.run_id, "traj_forget_truth_ratio")) == 4
     assert list(traj.columns) == ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
-                                  "forget_paraphrased_prob", "forget_perturbed_prob"]
+                                  "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik"]
     # where the probability mass goes: the paraphrase's and the perturbed answers' probability, as evaluated
     assert traj["forget_paraphrased_prob"].iloc[0] == pytest.approx(target["paraphrased_prob"].mean(), rel=1e-6)
     assert traj["forget_perturbed_prob"].iloc[0] == pytest.approx(target["perturbed_prob"].mean(), rel=1e-6)
@@ -91,18 +92,25 @@ def test_trajectory_is_recorded_every_eval_every_steps(method, tiny_model_dir, s
     assert last.to_numpy() == pytest.approx(final["truth_ratio"].to_numpy(), rel=1e-4)
 
 
-def test_trajectory_retain_sets_the_retain_subset_each_point_scores(tiny_model_dir, smoke_data, tmp_path, mlflow_uri):
+def test_trajectory_rows_sets_the_subsets_each_point_scores(tiny_model_dir, smoke_data, tmp_path, mlflow_uri):
     out = tmp_path / "ga"
-    params = unlearn_params("grad_ascent", max_steps=1, eval_every=1, trajectory_retain=3)
+    params = unlearn_params("grad_ascent", max_steps=1, eval_every=1, trajectory_rows=6)
     unlearn_recipe.run(params, tiny_model_dir, smoke_data, out)
-    # step 0: the target's mean answer probability on the 3 retain rows drawn by random.Random(seed)
+    # step 0: the target's mean answer probability on the 6 retain rows drawn by random.Random(seed)
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     retain = read_jsonl(smoke_data / "qa" / f"{params['retain_split']}.jsonl")
-    subset = random.Random(params["seed"]).sample(retain, 3)
-    target = score_split(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), subset, "retain", generate=False)
+    subset = random.Random(params["seed"]).sample(retain, 6)
+    target = score_split(model, tokenizer, subset, "retain", generate=False)
     traj = pd.read_csv(out / "trajectory.csv")
     assert traj["retain_prob"].iloc[0] == pytest.approx(target["prob"].mean(), rel=1e-6)
-    assert len(retain) > 3 and target["prob"].mean() != pytest.approx(
-        score_split(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), retain[:3], "retain",
+    # and utility_lik: the likelihood-only model utility on the 6-row subsets of retain, real_authors, world_facts
+    others = [score_split(model, tokenizer, random.Random(params["seed"]).sample(
+        read_jsonl(smoke_data / "qa" / f"{split}.jsonl"), 6), split, generate=False)
+        for split in ("real_authors", "world_facts")]
+    utility = METRICS.get("model_utility_lik")(pd.concat([target, *others], ignore_index=True))
+    assert traj["utility_lik"].iloc[0] == pytest.approx(utility, rel=1e-6) and 0 < utility < 1
+    assert len(retain) > 6 and target["prob"].mean() != pytest.approx(
+        score_split(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), retain[:6], "retain",
                     generate=False)["prob"].mean(), rel=1e-6)
 
 
@@ -139,7 +147,8 @@ def matched_inputs():
     above them (D = 1 with 4 and 4 samples: exact p = 2 / C(8, 4) = 1/35)."""
     traj = pd.DataFrame({"step": [0, 10, 20], "forget_prob": [0.8, 0.5, 0.2], "retain_prob": [0.9, 0.6, 0.3],
                          "forget_truth_ratio": [0.9, 0.6, 0.3], "retain_truth_ratio": [0.5, 0.5, 0.2],
-                         "forget_paraphrased_prob": [0.7, 0.4, 0.1], "forget_perturbed_prob": [0.1, 0.2, 0.5]})
+                         "forget_paraphrased_prob": [0.7, 0.4, 0.1], "forget_perturbed_prob": [0.1, 0.2, 0.5],
+                         "utility_lik": [0.6, 0.45, 0.3]})
     ratios = {0: [0.5, 0.6, 0.7, 0.8], 10: ORACLE_TR, 20: [0.5, 0.6, 0.7, 0.8]}
     samples = pd.DataFrame([(step, i, r) for step, rs in ratios.items() for i, r in enumerate(rs)],
                            columns=["step", "id", "truth_ratio"])
@@ -157,6 +166,10 @@ def test_matched_metrics_interpolate_between_the_points_around_the_crossing():
     assert m["matched_forget_truth_ratio"] == pytest.approx(0.5)
     assert m["matched_forget_paraphrased_prob"] == pytest.approx(0.3)
     assert m["matched_forget_perturbed_prob"] == pytest.approx(0.3)
+    assert m["matched_model_utility_lik"] == pytest.approx(0.4)  # 0.45 - 0.15 / 3
+    # an older trajectory without utility_lik: the key is NaN, the rest unchanged
+    old = matched_metrics(traj.drop(columns="utility_lik"), samples, 0.4, oracle)
+    assert math.isnan(old["matched_model_utility_lik"]) and old["matched_retain_prob"] == pytest.approx(0.5)
     # log10 forget quality: 2/3 * log10(1) + 1/3 * log10(1/35)
     assert m["matched_forget_quality"] == pytest.approx(35 ** (-1 / 3))
 

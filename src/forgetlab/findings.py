@@ -32,7 +32,7 @@ LABELS = {
     "forget_quality": "log10 forget quality after unlearning",
     "model_utility": "model utility after unlearning",
     "matched_forget_quality": "log10 forget quality at the oracle's forget prob. (matched)",
-    "matched_utility_retain_lik": "retain likelihood utility (proxy) at the oracle's forget prob. (matched)",
+    "matched_model_utility_lik": "model utility without ROUGE at the oracle's forget prob. (matched)",
     "steps_to_threshold": "steps to the oracle's forget prob.",
     "relearn_recovery": "relearning recovery",
 }

@@ -8,9 +8,13 @@ run records, at step 0 (the target) and every `eval_every` optimizer steps (and 
     retain_truth_ratio           mean max(0, 1 - R) on retain (TOFU's utility term, the metric's definition)
     forget_paraphrased_prob      mean paraphrased-answer probability on forget
     forget_perturbed_prob        mean perturbed-answers probability on forget (where the mass goes)
+    utility_lik                  model_utility_lik: TOFU's model utility without its three ROUGE
+                                 terms (forgetlab.metrics.model_utility), on the retain, real_authors
+                                 and world_facts subsets; NaN when the data has no real_authors or
+                                 world_facts split
 
-from one likelihood pass (no generation) over the whole forget split and an equally large,
-seeded subset of the retain split, on the model as the method would save it at that step (e.g.
+from one likelihood pass (no generation) over the whole forget split and seeded subsets of the
+retain, real_authors and world_facts splits, on the model as the method would save it at that step (e.g.
 task_vector's negated weights; see Method.as_saved). Each point goes to MLflow as a step metric
 (`traj_*`) and to `trajectory.csv` beside the model; the per-sample forget truth ratios of every
 point go to `trajectory_samples.parquet` (step, id, truth_ratio). The evaluate stage turns them
@@ -30,17 +34,20 @@ import pandas as pd
 from forgetlab.eval.scoring import score_split
 from forgetlab.hooks import Hooks
 from forgetlab.metrics import mean_or_nan
+from forgetlab.metrics.model_utility import UTILITY_SPLITS, model_utility_lik
 from forgetlab.metrics.truth_ratio import symmetric_score, utility_score
 
 COLUMNS = ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
-           "forget_paraphrased_prob", "forget_perturbed_prob"]
+           "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik"]
 SAMPLE_COLUMNS = ["step", "id", "truth_ratio"]
 
 
 class Trajectory(Hooks):
     def __init__(self, tokenizer, forget_rows: list[dict], retain_rows: list[dict], eval_every: int,
-                 total_steps: int, log=None, batch_size: int = 64, as_saved=nullcontext):
+                 total_steps: int, log=None, batch_size: int = 64, as_saved=nullcontext,
+                 utility_rows: dict[str, list[dict]] | None = None):
         self.tokenizer, self.forget_rows, self.retain_rows = tokenizer, forget_rows, retain_rows
+        self.utility_rows = utility_rows or {}  # {"real_authors": rows, "world_facts": rows}
         self.as_saved = as_saved  # the method's view of the model as it would be saved now
         self.eval_every, self.total_steps, self.log, self.batch_size = eval_every, total_steps, log, batch_size
         self.points: list[dict] = []
@@ -60,6 +67,8 @@ class Trajectory(Hooks):
             samples = pd.concat([
                 score_split(saved, self.tokenizer, self.forget_rows, "forget", self.batch_size, generate=False),
                 score_split(saved, self.tokenizer, self.retain_rows, "retain", self.batch_size, generate=False),
+                *(score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False)
+                  for split, rows in self.utility_rows.items()),
             ], ignore_index=True)
         forget = samples[samples.split == "forget"]
         point = {
@@ -70,6 +79,8 @@ class Trajectory(Hooks):
             "retain_truth_ratio": utility_score(samples, "retain"),
             "forget_paraphrased_prob": mean_or_nan(forget["paraphrased_prob"]),
             "forget_perturbed_prob": mean_or_nan(forget["perturbed_prob"]),
+            "utility_lik": (model_utility_lik(samples) if set(UTILITY_SPLITS) <= set(samples["split"])
+                            else math.nan),
         }
         self.points.append(point)
         self.truth_ratios.append([float(v) for v in forget["truth_ratio"]])
@@ -111,8 +122,8 @@ def steps_to_threshold(trajectory: pd.DataFrame, oracle_forget_prob: float) -> d
 
 # the matched comparison's columns: metrics.json keys (NaN when the run never reaches the oracle)
 MATCHED = ["matched_step", "matched_forget_quality", "matched_forget_truth_ratio", "matched_retain_prob",
-           "matched_retain_truth_ratio", "matched_utility_retain_lik", "matched_forget_paraphrased_prob",
-           "matched_forget_perturbed_prob"]
+           "matched_retain_truth_ratio", "matched_utility_retain_lik", "matched_model_utility_lik",
+           "matched_forget_paraphrased_prob", "matched_forget_perturbed_prob"]
 
 
 def point_forget_quality(samples: pd.DataFrame, step: int, oracle: pd.DataFrame) -> float:
@@ -150,7 +161,9 @@ def matched_metrics(trajectory: pd.DataFrame, samples: pd.DataFrame, oracle_forg
     truth ratios against the oracle's) and interpolated on the log10 scale; the likelihood part of
     the retain side of TOFU's model utility, `matched_utility_retain_lik`, is the harmonic mean of
     the interpolated retain_prob and retain_truth_ratio (2 of utility's 9 terms: a named proxy,
-    not model_utility). `matched_reached` is 1.0, or 0.0 with every other key NaN."""
+    not model_utility); `matched_model_utility_lik` is the interpolated `utility_lik`, the six
+    likelihood terms of model utility (NaN for a trajectory without it). `matched_reached` is 1.0,
+    or 0.0 with every other key NaN."""
     if len(trajectory) == 0 or math.isnan(oracle_forget_prob):
         raise ValueError("matched_metrics needs a non-empty trajectory and the oracle's forget_prob")
     found = crossing(trajectory, oracle_forget_prob)
@@ -172,5 +185,6 @@ def matched_metrics(trajectory: pd.DataFrame, samples: pd.DataFrame, oracle_forg
     return {"matched_reached": 1.0, "matched_step": at("step"), "matched_forget_quality": fq,
             "matched_forget_truth_ratio": at("forget_truth_ratio"), "matched_retain_prob": retain[0],
             "matched_retain_truth_ratio": retain[1], "matched_utility_retain_lik": utility,
+            "matched_model_utility_lik": at("utility_lik") if "utility_lik" in trajectory else math.nan,
             "matched_forget_paraphrased_prob": at("forget_paraphrased_prob"),
             "matched_forget_perturbed_prob": at("forget_perturbed_prob")}

@@ -16,6 +16,14 @@ ra/wf option probability and truth ratio take the paraphrase as the correct answ
 (option_prob_para, truth_ratio_para), whose template the perturbed answers share (see option_prob).
 The former six-term utility (no real_authors) is gone: the world now has that split.
 
+``model_utility_lik`` is forgetlab's likelihood-only model utility: the harmonic mean of the six
+terms that need no generation (prob, option_prob and TR of the three splits; no rougeL). The
+unlearning trajectory records it at every point, on seeded subsets of the three splits
+(`forgetlab.eval.trajectory`), so that the matched comparison has a model utility at the step where
+forgetting reaches the oracle's (`matched_model_utility_lik`); evaluation reports it at the end of the
+run too, so that the two can be compared with model_utility on the same models. Hand-worked: the
+terms above without the rougeL ones (1/2, 1/2, 1, 1/4, 1/2, 1/2) give 6 / (2 + 2 + 1 + 4 + 2 + 2) = 6/13.
+
 scipy's hmean, as open-unlearning; 0 if any term is 0 (scipy gives 0 too); a missing split or
 column is an error naming it. Hand-worked: terms (1/2, 1/4, 1/2, 1, 1/2, 1/4, 1/2, 1, 1/2) give
 9 / (2 + 4 + 2 + 1 + 2 + 4 + 2 + 1 + 2) = 9/20.
@@ -31,6 +39,8 @@ UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
 UTILITY_TERMS = (("retain", "prob"), ("retain", "rouge_l_recall"), ("retain", "truth_ratio"),
                  ("real_authors", "option_prob"), ("real_authors", "rouge_l_recall"), ("real_authors", "truth_ratio"),
                  ("world_facts", "option_prob"), ("world_facts", "rouge_l_recall"), ("world_facts", "truth_ratio"))
+# model_utility_lik: the six likelihood terms, without the three ROUGE ones (no generation needed)
+LIKELIHOOD_TERMS = tuple(t for t in UTILITY_TERMS if t[1] != "rouge_l_recall")
 PARA = {"option_prob": "option_prob_para", "truth_ratio": "truth_ratio_para"}
 UTILITY_TERMS_PARA = tuple((s, PARA.get(c, c) if s != "retain" else c) for s, c in UTILITY_TERMS)
 
@@ -61,3 +71,9 @@ def model_utility(samples, oracle=None, role="model") -> float:
 @uses(columns=[c for _, c in UTILITY_TERMS_PARA])
 def model_utility_para(samples, oracle=None, role="model") -> float:
     return harmonic_mean(utility_terms(samples, UTILITY_TERMS_PARA, "model_utility_para"))
+
+
+@METRICS.register("model_utility_lik")
+@uses(columns=[c for _, c in LIKELIHOOD_TERMS])
+def model_utility_lik(samples, oracle=None, role="model") -> float:
+    return harmonic_mean(utility_terms(samples, LIKELIHOOD_TERMS, "model_utility_lik"))

@@ -50,7 +50,7 @@ GRID = ["regularizer", "method", "split", "seed"]
 BASELINE = "none"
 # metric -> the scale it is tested on; the matched ones only where the trajectories recorded them
 TESTED = {"forget_quality": "log10", "model_utility": "identity", "matched_forget_quality": "log10",
-          "matched_utility_retain_lik": "identity"}
+          "matched_model_utility_lik": "identity"}
 COLLAPSED = "collapsed"  # forget and retain prob both below the oracle's forget prob (flag_collapsed)
 EXCLUDE_COLLAPSED = {"forget_quality": COLLAPSED}  # no collapsed model counts as a good forgetter
 

@@ -105,7 +105,7 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
     seed, spec = params["seed"], params["method_spec"]
     train_params = {**params["train"], **spec.get("train", {})}  # a method entry may override the loop settings
     eval_every = train_params.pop("eval_every", 0)
-    trajectory_retain = train_params.pop("trajectory_retain", None)
+    trajectory_rows = train_params.pop("trajectory_rows", None)
     seed_everything(seed)
     with stage_run(params, out) as mlrun, atomic_dir(out) as tmp:
         tokenizer = load_tokenizer(target)
@@ -154,11 +154,16 @@ def run(params: dict, target: Path, data_dir: Path, out: Path, reference: Path |
                                       inputs=[target, *files, *([reference] if reference != Path(target) else [])])
         trajectory = None
         if eval_every:
-            # measured on the whole forget split (a sequential step shows the earlier chunks too) and a
-            # seeded retain subset, as large as the forget split unless unlearn.trajectory_retain says
-            subset = random.Random(seed).sample(retain_rows, min(len(retain_rows), trajectory_retain or len(split_rows)))
-            trajectory = Trajectory(tokenizer, split_rows, subset, eval_every, steps, ckpt.log,
-                                    as_saved=method.as_saved)
+            # measured on the whole forget split (a sequential step shows the earlier chunks too) and seeded
+            # subsets of the utility splits, as large as the forget split unless unlearn.trajectory_rows says
+            n = trajectory_rows or len(split_rows)
+
+            def subset(rows_: list[dict]) -> list[dict]:
+                return random.Random(seed).sample(rows_, min(len(rows_), n))
+
+            utility = {s: subset(rows(s)) for s in ("real_authors", "world_facts") if qa_file(s).exists()}
+            trajectory = Trajectory(tokenizer, split_rows, subset(retain_rows), eval_every, steps, ckpt.log,
+                                    as_saved=method.as_saved, utility_rows=utility)
             hooks.append(trajectory)
         model = train(model, method.loss, paired(forget, retain), steps, cfg, hooks=hooks,
                       log=ckpt.log, desc=f"unlearn {params['method']} ({spec['name']})", context=ctx,
