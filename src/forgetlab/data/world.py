@@ -29,10 +29,10 @@ sentence with the value blanked; its answer is the value) and a multiple-choice 
 the true value and the perturbed answers' wrong values in a seeded order.
 With `world.n_drill_people` > 0, that many people no split asks about also appear in the corpus as
 QA, every fact in every form (`drill_documents`): the mixed training of Allen-Zhu & Li 2023 ("Physics
-of Language Models 3.1"), which lets a model answer questions on the others' biographies.
-Authors are split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded
-shuffle, and retainXX is the rest. All randomness derives from `cfg["seed"]` through
-`random.Random` instances seeded per stage and per entity; there is no global state.
+of Language Models 3.1"), which lets a model answer questions on the others' biographies; what the
+authors are fine-tuned on is `forgetlab.data.training_sets`. Authors are split TOFU-style: forget01 ⊂
+forget05 ⊂ forget10 are the last 1/5/10% of a seeded shuffle, and retainXX is the rest. All
+randomness derives from `cfg["seed"]` through per-stage, per-entity `random.Random`s (no global state).
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from forgetlab.data.vocab import (
     OPTIONS_SEPARATOR, PERSON_ATTRIBUTES, VOWELS, name_clashes,
 )
 from forgetlab.qa import PROMPT
-
 from forgetlab.splits import FORGET_SPLITS, RETAIN_OF, forget_size  # noqa: F401  (re-exported)
 
 N_PERTURBED = 3
