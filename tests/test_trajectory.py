@@ -187,3 +187,15 @@ def test_matched_metrics_at_a_recorded_point_and_never_reached():
     assert all(math.isnan(v) for k, v in never.items() if k != "matched_reached")
     with pytest.raises(ValueError, match="non-empty"):
         matched_metrics(traj.iloc[:0], samples, 0.4, oracle)
+
+
+def test_utility_lik_is_nan_where_the_data_lacks_a_term():
+    from forgetlab.eval.trajectory import likelihood_utility
+
+    row = {"prob": 0.5, "option_prob": 0.5, "truth_ratio": 0.5}
+    full = pd.DataFrame([{"split": s, **row} for s in ("retain", "real_authors", "world_facts")])
+    # every term 0.5 (the truth ratio terms: 1 - 0.5) -> their harmonic mean 0.5
+    assert likelihood_utility(full) == pytest.approx(0.5)
+    assert math.isnan(likelihood_utility(full[full.split != "world_facts"]))  # no world_facts split
+    no_tr = full.assign(truth_ratio=[math.nan, 0.5, 0.5])  # TOFU's retain split: no perturbed answers
+    assert math.isnan(likelihood_utility(no_tr))

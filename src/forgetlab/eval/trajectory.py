@@ -10,8 +10,9 @@ run records, at step 0 (the target) and every `eval_every` optimizer steps (and 
     forget_perturbed_prob        mean perturbed-answers probability on forget (where the mass goes)
     utility_lik                  model_utility_lik: TOFU's model utility without its three ROUGE
                                  terms (forgetlab.metrics.model_utility), on the retain, real_authors
-                                 and world_facts subsets; NaN when the data has no real_authors or
-                                 world_facts split
+                                 and world_facts subsets; NaN when the data lacks a term (no
+                                 real_authors or world_facts split; TOFU's retain split, which has
+                                 no perturbed answers)
 
 from one likelihood pass (no generation) over the whole forget split and seeded subsets of the
 retain, real_authors and world_facts splits, on the model as the method would save it at that step (e.g.
@@ -33,13 +34,24 @@ import pandas as pd
 
 from forgetlab.eval.scoring import score_split
 from forgetlab.hooks import Hooks
-from forgetlab.metrics import mean_or_nan
+from forgetlab.metrics import EvalInputError, mean_or_nan
 from forgetlab.metrics.model_utility import UTILITY_SPLITS, model_utility_lik
 from forgetlab.metrics.truth_ratio import symmetric_score, utility_score
 
 COLUMNS = ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
            "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik"]
 SAMPLE_COLUMNS = ["step", "id", "truth_ratio"]
+
+
+def likelihood_utility(samples: pd.DataFrame) -> float:
+    """model_utility_lik of a point's samples; NaN where the data lacks a term (no real_authors or
+    world_facts split, or, as TOFU's retain split, no perturbed answers for the truth ratio)."""
+    if not set(UTILITY_SPLITS) <= set(samples["split"]):
+        return math.nan
+    try:
+        return model_utility_lik(samples)
+    except EvalInputError:
+        return math.nan
 
 
 class Trajectory(Hooks):
@@ -79,8 +91,7 @@ class Trajectory(Hooks):
             "retain_truth_ratio": utility_score(samples, "retain"),
             "forget_paraphrased_prob": mean_or_nan(forget["paraphrased_prob"]),
             "forget_perturbed_prob": mean_or_nan(forget["perturbed_prob"]),
-            "utility_lik": (model_utility_lik(samples) if set(UTILITY_SPLITS) <= set(samples["split"])
-                            else math.nan),
+            "utility_lik": likelihood_utility(samples),
         }
         self.points.append(point)
         self.truth_ratios.append([float(v) for v in forget["truth_ratio"]])

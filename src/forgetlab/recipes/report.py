@@ -140,10 +140,10 @@ def load_trajectories(files: list[Path], summary: pd.DataFrame) -> pd.DataFrame:
         if row is None:
             raise ValueError(f"{path}: no evaluated unlearned model has model_path {Path(path).parent}")
         frame = pd.read_csv(path)
-        missing = set(TRAJECTORY_COLUMNS) - set(frame.columns)
+        missing = set(TRAJECTORY_COLUMNS) - set(frame.columns) - {"utility_lik"}  # absent in older trajectories
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        frames.append(frame[TRAJECTORY_COLUMNS].assign(**{k: row[k] for k in grid}))
+        frames.append(frame.reindex(columns=TRAJECTORY_COLUMNS).assign(**{k: row[k] for k in grid}))
     if not frames:
         return pd.DataFrame(columns=grid + TRAJECTORY_COLUMNS)
     table = pd.concat(frames, ignore_index=True)[grid + TRAJECTORY_COLUMNS]
