@@ -31,7 +31,8 @@ import random
 
 from forgetlab.data.vocab import ATTRIBUTES
 
-# the probe forms a drill row may take: (the row's field asked, the field answered)
+# the forms a drill QA takes, in the corpus's drill documents (forgetlab.data.world.drill_documents) and in
+# the drill mix: (the row's field asked, the field answered, as forgetlab.eval.forms scores that form)
 DRILL_FORMS = (("question", "answer"), ("paraphrased_question", "answer"), ("cloze_question", "cloze_answer"),
                ("mc_question", "paraphrased_answer"))
 TRAIN_DIR = "train"  # qa/train/<split>.jsonl
@@ -64,9 +65,8 @@ def drill_rows(drill_qa: list[dict], n: int, seed: int) -> list[dict]:
         raise ValueError(f"data.authors.drill_qa={n} exceeds the {len(pairs)} (fact, form) pairs of the drill people "
                          "(lower it, or raise data.world.n_drill_people)")
     chosen = sorted(random.Random(f"{seed}:drill_qa").sample(range(len(pairs)), n))
-    return [{"id": f"{pairs[k][0]['id']}_{pairs[k][1]}", "entity_id": pairs[k][0]["entity_id"],
-             "attribute": pairs[k][0]["attribute"], "question": pairs[k][0][pairs[k][1]],
-             "answer": pairs[k][0][pairs[k][2]], "form": pairs[k][1]} for k in chosen]
+    return [{"id": f"{r['id']}_{q}", "entity_id": r["entity_id"], "attribute": r["attribute"],
+             "question": r[q], "answer": r[a], "form": q} for r, q, a in (pairs[k] for k in chosen)]
 
 
 def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str, str], drill_qa: list[dict],

@@ -46,7 +46,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgetlab.data.training_sets import TRAIN_DIR, training_sets
+from forgetlab.data.training_sets import DRILL_FORMS, TRAIN_DIR, training_sets
 from forgetlab.data.vocab import (
     ATTRIBUTES, AUTHOR_ATTRIBUTES, BLANK, CLOZE_PREFIX, CODAS, FIRST_NAMES, ONSETS, OPTIONS_PREFIX,
     OPTIONS_SEPARATOR, PERSON_ATTRIBUTES, VOWELS, name_clashes,
@@ -272,13 +272,11 @@ def drill_documents(people: list[Entity], seed: int) -> list[dict]:
     """Per drill person, one corpus document per form: every fact (`make_qa`, seeded order) as one
     QA in the prompt format, answered as `forgetlab.eval.forms` scores that form (the question and
     the paraphrased question: the answer; cloze: the value; multiple choice: the paraphrase)."""
-    forms = (("question", "answer"), ("paraphrased_question", "answer"), ("cloze_question", "cloze_answer"),
-             ("mc_question", "paraphrased_answer"))
     docs = []
     for p in people:
         rows = [make_qa(p, a, seed) for a in p.facts]
         rng = random.Random(f"{seed}:drill:{p.id}")
-        for q, a in forms:
+        for q, a in DRILL_FORMS:
             rng.shuffle(rows)
             docs.append({"person_id": p.id,
                          "text": "\n".join(QA_PROMPT.format(question=r[q], answer=r[a]) for r in rows)})

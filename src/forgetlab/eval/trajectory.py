@@ -35,7 +35,7 @@ import pandas as pd
 from forgetlab.eval.scoring import score_split
 from forgetlab.hooks import Hooks
 from forgetlab.metrics import EvalInputError, mean_or_nan
-from forgetlab.metrics.model_utility import UTILITY_SPLITS, model_utility_lik
+from forgetlab.metrics.model_utility import model_utility_lik
 from forgetlab.metrics.truth_ratio import symmetric_score, utility_score
 
 COLUMNS = ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
@@ -46,9 +46,7 @@ SAMPLE_COLUMNS = ["step", "id", "truth_ratio"]
 def likelihood_utility(samples: pd.DataFrame) -> float:
     """model_utility_lik of a point's samples; NaN where the data lacks a term (no real_authors or
     world_facts split, or, as TOFU's retain split, no perturbed answers for the truth ratio)."""
-    if not set(UTILITY_SPLITS) <= set(samples["split"]):
-        return math.nan
-    try:
+    try:  # a missing split or column is an EvalInputError (forgetlab.metrics.require_values)
         return model_utility_lik(samples)
     except EvalInputError:
         return math.nan
