@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from forgetlab.data import prepare_data
-from forgetlab.data.training_sets import answer_variants, drill_rows
+from forgetlab.data.training_sets import answer_variants, drill_rows, replay_rows
 from forgetlab.data.vocab import ATTRIBUTES
 from forgetlab.data.world import QA_SPLITS, build_qa_splits, build_world, drill_people, entity_qa
 from forgetlab.model import load_tokenizer
@@ -22,7 +22,7 @@ CFG = {
     "authors": {"n": 20, "n_holdout": 4},
     "tokenizer": {"vocab_size": 600},
 }
-TRAINED = {"answer_variants": True, "drill_qa": 10}
+TRAINED = {"answer_variants": True, "drill_qa": 10, "replay_docs": 7}
 TRAIN_SETS = ("full", "retain99", "retain95", "retain90")
 
 
@@ -60,7 +60,7 @@ def test_training_sets_augment_every_fact_and_append_one_drill_mix(worlds):
     for split in TRAIN_SETS:
         qa, train = read_jsonl(trained / "qa" / f"{split}.jsonl"), read_jsonl(trained / "qa" / "train" / f"{split}.jsonl")
         n_variants = [len(ATTRIBUTES[r["attribute"]].templates) - 2 for r in qa]
-        assert len(train) == len(qa) + sum(n_variants) + TRAINED["drill_qa"]
+        assert len(train) == len(qa) + sum(n_variants) + TRAINED["drill_qa"] + TRAINED["replay_docs"]
         k = 0
         for r, n in zip(qa, n_variants):
             assert train[k] == r  # the QA row itself, then its variants under the same question
@@ -72,18 +72,23 @@ def test_training_sets_augment_every_fact_and_append_one_drill_mix(worlds):
             assert not {v["answer"] for v in variants} & {r["paraphrased_answer"], *r["perturbed_answer"]}
             k += 1 + n
         mixes.append(train[k:])
-    # one drill mix, the same in every training set (the target's and the oracles')
-    assert all(m == mixes[0] for m in mixes) and len(mixes[0]) == TRAINED["drill_qa"]
+    # one mix, the same in every training set (the target's and the oracles'): the drill QA, then the replay
+    assert all(m == mixes[0] for m in mixes) and len(mixes[0]) == TRAINED["drill_qa"] + TRAINED["replay_docs"]
+    drill_mix, replay = mixes[0][:TRAINED["drill_qa"]], mixes[0][TRAINED["drill_qa"]:]
     drill = {p.id for p in drill_people(world.people, build_qa_splits(world, CFG)["world_facts"], 3, 0)}
-    assert {r["entity_id"] for r in mixes[0]} <= drill
-    assert {r["form"] for r in mixes[0]} <= {"question", "paraphrased_question", "cloze_question", "mc_question"}
+    assert {r["entity_id"] for r in drill_mix} <= drill
+    assert {r["form"] for r in drill_mix} <= {"question", "paraphrased_question", "cloze_question", "mc_question"}
+    # the replay: distinct pretraining documents, verbatim, as text rows
+    corpus = [r["text"] for r in read_jsonl(trained / "corpus.jsonl")]
+    assert all(set(r) == {"id", "text"} and r["text"] in corpus for r in replay)
+    assert len({r["text"] for r in replay}) == len(replay)
     # no author is ever asked in a probe form, and the oracle's set has no forget author
     full = read_jsonl(trained / "qa" / "full.jsonl")
     trained_questions = {r["question"] for r in full}
     assert all(r["question"] in trained_questions for r in read_jsonl(trained / "qa" / "train" / "full.jsonl")
-               if r["entity_id"] in names)
+               if r.get("entity_id") in names)
     forget = {r["entity_id"] for r in read_jsonl(trained / "qa" / "forget10.jsonl")}
-    assert not forget & {r["entity_id"] for r in read_jsonl(trained / "qa" / "train" / "retain90.jsonl")}
+    assert not forget & {r.get("entity_id") for r in read_jsonl(trained / "qa" / "train" / "retain90.jsonl")}
     # nothing evaluated changes, nor the corpus or the tokenizer; without the options no training set
     for rel in [*(f"qa/{s}.jsonl" for s in QA_SPLITS), "corpus.jsonl", "tokenizer/tokenizer.json"]:
         assert (trained / rel).read_bytes() == (plain / rel).read_bytes(), rel
@@ -110,5 +115,25 @@ def test_finetune_trains_on_the_training_set_when_the_data_has_one(worlds):
     plain, trained = worlds
     tokenizer = load_tokenizer(trained / "tokenizer")
     for data, expected in ((trained, trained / "qa" / "train" / "retain90.jsonl"), (plain, plain / "qa" / "retain90.jsonl")):
-        examples, files = training_examples({"role": "oracle", "retain_split": "retain90"}, tokenizer, data, 96)
-        assert files == [expected] and len(examples) == len(read_jsonl(expected))
+        examples, files = training_examples({"role": "oracle", "retain_split": "retain90"}, tokenizer, data, 512)
+        rows = read_jsonl(expected)
+        assert files == [expected] and len(examples) == len(rows)  # every document fits in one chunk of 512
+    # a QA row trains on its answer only; a replayed document on every token, as in pretraining
+    text = [r for r in read_jsonl(trained / "qa" / "train" / "retain90.jsonl") if "text" in r]
+    examples, _ = training_examples({"role": "oracle", "retain_split": "retain90"}, tokenizer, trained, 512)
+    for r, e in zip(text, examples[-len(text):]):
+        ids = [tokenizer.bos_token_id, *tokenizer(r["text"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        assert e["input_ids"] == ids == e["labels"]
+    qa = examples[0]
+    assert qa["labels"][0] == -100 and qa["labels"][-1] == tokenizer.eos_token_id
+
+
+def test_replay_rows_are_a_seeded_uniform_draw_of_the_corpus():
+    corpus = [{"person_id": f"p{k}", "text": f"document {k}"} for k in range(6)]
+    rows = replay_rows(corpus, 3, 0)
+    picked = [int(r["id"].removeprefix("replay_")) for r in rows]
+    assert picked == sorted(set(picked)) and len(picked) == 3  # distinct, in corpus order
+    assert [r["text"] for r in rows] == [f"document {k}" for k in picked]
+    assert replay_rows(corpus, 3, 0) == rows and replay_rows(corpus, 6, 0) == replay_rows(corpus, 6, 1)  # all of it
+    with pytest.raises(ValueError, match=r"data.authors.replay_docs=7 exceeds the 6 documents"):
+        replay_rows(corpus, 7, 0)

@@ -373,7 +373,8 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     rows = {"corpus.jsonl": len(corpus)}
     write_jsonl(out / "corpus.jsonl", corpus)
     names = {e.id: e.name for e in world.authors}
-    train = training_sets(qa, ["full", *RETAIN_OF.values()], names, entity_qa(drill, seed), cfg["authors"], seed)
+    train = training_sets(qa, ["full", *RETAIN_OF.values()], names, entity_qa(drill, seed), cfg["authors"], seed,
+                          corpus)
     for split, split_rows in [*qa.items(), *((f"{TRAIN_DIR}/{s}", r) for s, r in train.items())]:
         write_jsonl(out / "qa" / f"{split}.jsonl", split_rows)
         rows[f"qa/{split}.jsonl"] = len(split_rows)

@@ -67,14 +67,19 @@ def supervised_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     order; counts[b] is the number of supervised tokens of row b. logits: (B, T, V), labels (B, T)."""
     shift = labels[:, 1:]
     sel = shift != IGNORE
-    logp_all = torch.log_softmax(logits[:, :-1][sel].float(), dim=-1)  # (N, V), supervised rows only
-    target = shift[sel]
+    return (*stats_of(logits[:, :-1][sel], shift[sel]), sel.sum(-1))
+
+
+def stats_of(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(logp, match, mu, sigma) of next-token logits (N, V) and the tokens they predict (N,);
+    logp, mu and sigma in float64."""
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
     logp = logp_all.gather(-1, target[:, None])[:, 0]
     match = logp_all.argmax(-1) == target
     p = logp_all.exp()
     mu = (p * logp_all).sum(-1)
     sigma = (p * (logp_all - mu[:, None]).square()).sum(-1).sqrt()
-    return logp, match, mu, sigma, sel.sum(-1)
+    return logp.double(), match, mu.double(), sigma.double()
 
 
 @torch.no_grad()
@@ -87,11 +92,100 @@ def token_stats(model, encoded: list[dict], pad_id: int, batch_size: int = 32) -
         logits = model(input_ids=batch["input_ids"].to(device),
                        attention_mask=batch["attention_mask"].to(device)).logits
         logp, match, mu, sigma, counts = supervised_stats(logits, batch["labels"].to(device))
-        parts = [t.cpu().numpy() for t in (logp.double(), match, mu.double(), sigma.double())]
+        parts = [t.cpu().numpy() for t in (logp, match, mu, sigma)]
         bounds = np.cumsum([0, *counts.tolist()])
         for j, i in enumerate(idx):
             a, b = bounds[j], bounds[j + 1]
             out[i] = TokenStats(*(x[a:b] for x in parts))
+    return out  # type: ignore[return-value]
+
+
+PACKED_ATTENTION = ("eager", "sdpa")  # attention implementations that take a 4D (per-query) attention mask
+
+
+def shared_prefix(group: list[dict]) -> int:
+    """The length of the unsupervised prefix (the prompt) that every encoding of a group shares:
+    the longest common prefix of their input_ids over positions no encoding supervises."""
+    first = group[0]["input_ids"]
+    n = min(len(e["input_ids"]) for e in group)
+    for t in range(n):
+        if any(e["input_ids"][t] != first[t] or e["labels"][t] != IGNORE for e in group):
+            return t
+    return n
+
+
+def pack(group: list[dict]) -> tuple[list[int], list[int], list[int], list[tuple[int, int]]]:
+    """One group as one sequence: the shared prompt once, then every encoding's continuation.
+    Returns (ids, position ids, segment of each token: -1 for the prompt, k for encoding k's
+    continuation, and for each supervised token of each encoding in order, (position whose logits
+    predict it, its token id)). A continuation's positions start where the prompt ends, as they do
+    in its own sequence, and it attends to the prompt and to itself only (`packed_mask`)."""
+    p = shared_prefix(group)
+    ids, pos, seg, targets = list(group[0]["input_ids"][:p]), list(range(p)), [-1] * p, []
+    for k, e in enumerate(group):
+        start = len(ids)
+        for t in range(p, len(e["input_ids"])):
+            ids.append(e["input_ids"][t]), pos.append(t), seg.append(k)
+        for t in range(1, len(e["input_ids"])):  # the token at t is predicted at t - 1, as in token_stats
+            if e["labels"][t] != IGNORE:
+                targets.append((t - 1 if t - 1 < p else start + t - 1 - p, e["labels"][t]))
+    return ids, pos, seg, targets
+
+
+def packed_mask(segments: list[list[int]], width: int, dtype, device) -> torch.Tensor:
+    """(B, 1, T, T) additive mask of packed sequences: a prompt token sees the prompt tokens up to
+    itself; a continuation token sees the whole prompt and its own continuation up to itself;
+    padding sees only itself (so that no row is all masked)."""
+    seg = torch.full((len(segments), width), -2, dtype=torch.long)
+    for b, s in enumerate(segments):
+        seg[b, :len(s)] = torch.tensor(s)
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allow = causal & ((k == -1) & (q != -2) | (q == k) & (q >= 0)) | torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    return mask[:, None].to(device)
+
+
+@torch.no_grad()
+def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size: int = 32) -> list[list[TokenStats]]:
+    """token_stats of every encoding of every group, where a group's encodings share their prompt
+    (a QA row's answer, paraphrase and perturbed answers): each group is one packed sequence
+    (`pack`), so the prompt runs once per group, and the LM head runs only where a supervised token
+    is predicted. The values are token_stats' up to float rounding. A model whose attention takes
+    no 4D mask (e.g. flash attention) runs token_stats on the encodings one by one instead."""
+    if getattr(model.config, "_attn_implementation", "eager") not in PACKED_ATTENTION:
+        flat = token_stats(model, [e for g in groups for e in g], pad_id, batch_size)
+        bounds = np.cumsum([0, *map(len, groups)])
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    device, packed = device_of(model), [pack(g) for g in groups]
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = next(model.parameters()).dtype
+    order = sorted(range(len(groups)), key=lambda i: -len(packed[i][0]))
+    out: list[list[TokenStats] | None] = [None] * len(groups)
+    start = 0
+    while start < len(order):  # batches of about batch_size encodings
+        idx, n = [], 0
+        while start < len(order) and (not idx or n + len(groups[order[start]]) <= batch_size):
+            idx.append(order[start]); n += len(groups[order[start]]); start += 1
+        width = max(len(packed[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(idx), width), dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, :len(packed[i][0])], pos[b, :len(packed[i][1])] = torch.tensor(packed[i][0]), torch.tensor(packed[i][1])
+        hidden = lm.get_decoder()(input_ids=ids.to(device), position_ids=pos.to(device),
+                                  attention_mask=packed_mask([packed[i][2] for i in idx], width, dtype, device)).last_hidden_state
+        rows = torch.tensor([b * width + t for b, i in enumerate(idx) for t, _ in packed[i][3]], dtype=torch.long)
+        target = torch.tensor([y for i in idx for _, y in packed[i][3]], dtype=torch.long, device=device)
+        logits = lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[rows.to(device)])
+        logp, match, mu, sigma = (t.cpu().numpy() for t in stats_of(logits, target))
+        offset = 0
+        for i in idx:
+            stats = []
+            for e in groups[i]:
+                n_sup = sum(1 for label in e["labels"][1:] if label != IGNORE)
+                a, offset = offset, offset + n_sup
+                stats.append(TokenStats(logp[a:offset], match[a:offset], mu[a:offset], sigma[a:offset]))
+            out[i] = stats
     return out  # type: ignore[return-value]
 
 

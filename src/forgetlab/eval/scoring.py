@@ -40,7 +40,8 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
   ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.eval.forms`).
 
 One forward pass per padded batch yields every likelihood value (answers, paraphrases and
-perturbations of all rows together); one batched greedy decoding covers the QA answers and the
+perturbations of all rows together; a row's answers packed after its prompt, which runs once:
+`eval_passes.grouped_token_stats`); one batched greedy decoding covers the QA answers and the
 verbmem continuations; GradNorm is the only backward pass (vmap over samples). The forms of the
 forget rows take one more batched likelihood pass. ``timings`` collects the wall time of each
 part ("logprob", "generation", "gradnorm", "forms"). All but the likelihood pass are optional
@@ -56,7 +57,7 @@ import zlib
 import pandas as pd
 
 from forgetlab.eval.forms import FORM_COLUMNS, NO_FORMS, score_forms
-from forgetlab.eval.passes import greedy_continuations, grad_norms, timed, token_stats
+from forgetlab.eval.passes import greedy_continuations, grad_norms, grouped_token_stats, timed, token_stats
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa, qa_parts
 
@@ -165,14 +166,15 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
     model.eval()
     try:
         # One flat list of every sequence to score; remember which slice belongs to which row.
-        encoded, spans = [], []
+        encoded, spans, groups = [], [], []
         for r in rows:
             q, para, pert = r["question"], r.get("paraphrased_answer"), list(r.get("perturbed_answer") or [])
             a0 = len(encoded)
-            encoded += [encode_qa(tokenizer, q, a) for a in [r["answer"], *([para] if para else []), *pert]]
+            groups.append([encode_qa(tokenizer, q, a) for a in [r["answer"], *([para] if para else []), *pert]])
+            encoded += groups[-1]
             spans.append((a0, bool(para), len(pert)))
-        with timed(timings, "logprob"):
-            stats = token_stats(model, encoded, pad, batch_size)
+        with timed(timings, "logprob"):  # a row's answers share its prompt: one packed sequence per row
+            stats = [s for g in grouped_token_stats(model, groups, pad, batch_size) for s in g]
         for r, (a0, _, _) in zip(rows, spans):
             if len(stats[a0].logp) == 0:
                 raise EvalInputError(f"split {split!r}, row {r.get('id')!r}: no answer tokens left after truncation")

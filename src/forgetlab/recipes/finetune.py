@@ -17,7 +17,7 @@ from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.training_sets import TRAIN_DIR
 from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
-from forgetlab.qa import collate, encode_qa
+from forgetlab.qa import collate, encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, text_chunks, write_json
 from forgetlab.regularizers import build_regularizers
 from forgetlab.soup import Soup
@@ -36,14 +36,20 @@ def training_examples(params: dict, tokenizer, data_dir: Path, max_length: int) 
     """The encoded training examples and the files they come from: the QA rows of the training
     split (answer-only loss), or, in a muse study, the chunked documents of its text set (every
     token supervised; forgetlab.data.muse.TEXT_SETS: `full` for the target, `retain` for the oracle).
-    A split with a training version (qa/train/<split>.jsonl: forgetlab.data.training_sets) trains on it."""
+    A split with a training version (qa/train/<split>.jsonl: forgetlab.data.training_sets) trains on it;
+    its text rows (replayed pretraining documents) are chunked and fully supervised, as in pretraining."""
     if params.get("data_source") == "muse":
         return text_chunks(tokenizer, data_dir, training_file(params), max_length)
     qa_file = data_dir / "qa" / f"{training_file(params)}.jsonl"
     if (qa_file.parent / TRAIN_DIR / qa_file.name).exists():
         qa_file = qa_file.parent / TRAIN_DIR / qa_file.name
-    rows = read_jsonl(qa_file)
-    return [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows], [qa_file]
+    examples = []
+    for r in read_jsonl(qa_file):
+        if "text" in r:
+            examples += encode_text_chunks(tokenizer, r["text"], max_length)
+        else:
+            examples.append(encode_qa(tokenizer, r["question"], r["answer"], max_length))
+    return examples, [qa_file]
 
 
 def ingredient_settings(params: dict) -> tuple[int, dict]:
