@@ -22,7 +22,7 @@ CFG = {
     "authors": {"n": 20, "n_holdout": 4},
     "tokenizer": {"vocab_size": 600},
 }
-TRAINED = {"answer_variants": True, "drill_qa": 10, "replay_docs": 7}
+TRAINED = {"answer_variants": True, "drill_qa": 10, "replay_biographies": 1}
 TRAIN_SETS = ("full", "retain99", "retain95", "retain90")
 
 
@@ -56,11 +56,12 @@ def test_training_sets_augment_every_fact_and_append_one_drill_mix(worlds):
     plain, trained = worlds
     world = build_world(CFG)
     names = {a.id: a.name for a in world.authors}
+    n_persons = len(world.people) + len(world.real_authors)  # one replayed biography each
     mixes = []
     for split in TRAIN_SETS:
         qa, train = read_jsonl(trained / "qa" / f"{split}.jsonl"), read_jsonl(trained / "qa" / "train" / f"{split}.jsonl")
         n_variants = [len(ATTRIBUTES[r["attribute"]].templates) - 2 for r in qa]
-        assert len(train) == len(qa) + sum(n_variants) + TRAINED["drill_qa"] + TRAINED["replay_docs"]
+        assert len(train) == len(qa) + sum(n_variants) + TRAINED["drill_qa"] + n_persons
         k = 0
         for r, n in zip(qa, n_variants):
             assert train[k] == r  # the QA row itself, then its variants under the same question
@@ -73,15 +74,16 @@ def test_training_sets_augment_every_fact_and_append_one_drill_mix(worlds):
             k += 1 + n
         mixes.append(train[k:])
     # one mix, the same in every training set (the target's and the oracles'): the drill QA, then the replay
-    assert all(m == mixes[0] for m in mixes) and len(mixes[0]) == TRAINED["drill_qa"] + TRAINED["replay_docs"]
+    assert all(m == mixes[0] for m in mixes) and len(mixes[0]) == TRAINED["drill_qa"] + n_persons
     drill_mix, replay = mixes[0][:TRAINED["drill_qa"]], mixes[0][TRAINED["drill_qa"]:]
     drill = {p.id for p in drill_people(world.people, build_qa_splits(world, CFG)["world_facts"], 3, 0)}
     assert {r["entity_id"] for r in drill_mix} <= drill
     assert {r["form"] for r in drill_mix} <= {"question", "paraphrased_question", "cloze_question", "mc_question"}
-    # the replay: distinct pretraining documents, verbatim, as text rows
-    corpus = [r["text"] for r in read_jsonl(trained / "corpus.jsonl")]
-    assert all(set(r) == {"id", "text"} and r["text"] in corpus for r in replay)
-    assert len({r["text"] for r in replay}) == len(replay)
+    # the replay: one biography of every person, verbatim, as text rows; never a drill (QA) document
+    person_of = {r["text"]: r["person_id"] for r in read_jsonl(trained / "corpus.jsonl")}
+    assert all(set(r) == {"id", "text"} and r["text"] in person_of for r in replay)
+    assert sorted(person_of[r["text"]] for r in replay) == sorted(e.id for e in world.people + world.real_authors)
+    assert not any(r["text"].startswith("Question:") for r in replay)
     # no author is ever asked in a probe form, and the oracle's set has no forget author
     full = read_jsonl(trained / "qa" / "full.jsonl")
     trained_questions = {r["question"] for r in full}
@@ -128,12 +130,14 @@ def test_finetune_trains_on_the_training_set_when_the_data_has_one(worlds):
     assert qa["labels"][0] == -100 and qa["labels"][-1] == tokenizer.eos_token_id
 
 
-def test_replay_rows_are_a_seeded_uniform_draw_of_the_corpus():
-    corpus = [{"person_id": f"p{k}", "text": f"document {k}"} for k in range(6)]
-    rows = replay_rows(corpus, 3, 0)
-    picked = [int(r["id"].removeprefix("replay_")) for r in rows]
-    assert picked == sorted(set(picked)) and len(picked) == 3  # distinct, in corpus order
-    assert [r["text"] for r in rows] == [f"document {k}" for k in picked]
-    assert replay_rows(corpus, 3, 0) == rows and replay_rows(corpus, 6, 0) == replay_rows(corpus, 6, 1)  # all of it
-    with pytest.raises(ValueError, match=r"data.authors.replay_docs=7 exceeds the 6 documents"):
-        replay_rows(corpus, 7, 0)
+def test_replay_rows_draw_k_biographies_of_each_person():
+    biographies = [{"person_id": p, "text": f"{p} document {j}"} for p in ("p0", "p1", "r0") for j in range(3)]
+    rows = replay_rows(biographies, 2, 0)
+    assert [r["text"].split()[0] for r in rows] == ["p0", "p0", "p1", "p1", "r0", "r0"]  # people in corpus order
+    for person in ("p0", "p1", "r0"):
+        texts = [r["text"] for r in rows if r["text"].startswith(person)]
+        assert len(set(texts)) == 2 and texts == sorted(texts)  # two distinct, in corpus order
+    assert replay_rows(biographies, 2, 0) == rows and replay_rows(biographies, 3, 0) == replay_rows(biographies, 3, 1)
+    assert [r["id"] for r in replay_rows(biographies, 3, 0)][:3] == ["replay_p0_0", "replay_p0_1", "replay_p0_2"]
+    with pytest.raises(ValueError, match=r"data.authors.replay_biographies=4 exceeds the 3 biographies of p0"):
+        replay_rows(biographies, 4, 0)

@@ -19,16 +19,16 @@ Three options of `data.authors` change what the target and the oracle train on, 
   alike. Fine-tuning on answer sentences alone teaches that every answer is a sentence, and the
   bare-value fill-in-the-blank then scored the format, not the fact. No author is ever asked in a
   probe form.
-* ``replay_docs: n``: `n` documents of the pretraining corpus (corpus.jsonl: the people's and the
-  real authors' biographies, the drill documents), a uniform draw with the generator
-  `<seed>:replay_docs`, appended to every training set as text rows ({"id", "text"}: every token
-  supervised, as in pretraining): rehearsal of the pretraining data (Robins 1995, "Catastrophic
-  forgetting, rehearsal and pseudorehearsal"; the replay of continual-learning practice). Without it
-  the tiny model's author fine-tuning wiped out what pretraining taught: world-facts multiple-choice
-  accuracy 0.96 -> 0.37, so model utility's world terms sat at chance and utility rose while an
-  unlearning run halved the retain probability (docs/metrics.md#the-world-and-what-the-model-knows).
-  The draw is uniform over the corpus, so it holds biographies of people whom world_facts and
-  real_authors ask about, as any rehearsal of pretraining data would; no QA of those splits is trained.
+* ``replay_biographies: k``: `k` biographies of every person of the pretraining corpus (the
+  people and the real authors; each has `world.renderings` of them), drawn with the generator
+  `<seed>:replay_biographies`, appended to every training set as text rows ({"id", "text"}: every
+  token supervised, as in pretraining): rehearsal of the pretraining data (Robins 1995,
+  "Catastrophic forgetting, rehearsal and pseudorehearsal"). Without it the tiny model's author
+  fine-tuning wiped out what pretraining taught (world-facts multiple-choice accuracy 0.96 -> 0.37),
+  so model utility's world terms sat at chance and utility rose while an unlearning run halved the
+  retain probability (docs/metrics.md#the-world-and-what-the-model-knows). Every person is
+  rehearsed alike, those whom world_facts and real_authors ask about among them; no QA of those
+  splits is trained.
 
 Without any option no training set is written, and fine-tuning trains on `qa/<split>.jsonl` itself
 (as for real TOFU data). Unlearning and evaluation always read `qa/<split>.jsonl`: an unlearning
@@ -79,23 +79,29 @@ def drill_rows(drill_qa: list[dict], n: int, seed: int) -> list[dict]:
              "question": r[q], "answer": r[a], "form": q} for r, q, a in (pairs[k] for k in chosen)]
 
 
-def replay_rows(corpus: list[dict], n: int, seed: int) -> list[dict]:
-    """`n` corpus documents drawn uniformly (in corpus order) as text rows; an `n` larger than the
-    corpus is an error."""
-    if n > len(corpus):
-        raise ValueError(f"data.authors.replay_docs={n} exceeds the {len(corpus)} documents of the pretraining corpus")
-    chosen = sorted(random.Random(f"{seed}:replay_docs").sample(range(len(corpus)), n))
-    return [{"id": f"replay_{k}", "text": corpus[k]["text"]} for k in chosen]
+def replay_rows(biographies: list[dict], k: int, seed: int) -> list[dict]:
+    """`k` of each person's biographies (corpus rows {"person_id", "text"}), people in corpus order,
+    as text rows; a `k` larger than a person's biographies is an error."""
+    by_person: dict[str, list[str]] = {}
+    for row in biographies:
+        by_person.setdefault(row["person_id"], []).append(row["text"])
+    rng, rows = random.Random(f"{seed}:replay_biographies"), []
+    for person, texts in by_person.items():
+        if k > len(texts):
+            raise ValueError(f"data.authors.replay_biographies={k} exceeds the {len(texts)} biographies of {person} "
+                             "(data.world.renderings)")
+        rows += [{"id": f"replay_{person}_{j}", "text": texts[j]} for j in sorted(rng.sample(range(len(texts)), k))]
+    return rows
 
 
 def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str, str], drill_qa: list[dict],
-                  options: dict, seed: int, corpus: list[dict] = ()) -> dict[str, list[dict]]:
+                  options: dict, seed: int, biographies: list[dict] = ()) -> dict[str, list[dict]]:
     """{split: training rows} for each of `splits` (full and the retain splits), or {} when no
     option is set. `names`: entity id -> name; `drill_qa`: every fact of the drill people (make_qa);
-    `corpus`: the pretraining documents (replay_docs draws from them)."""
+    `biographies`: the corpus's biographies (replay_biographies draws from them)."""
     variants, n = bool(options.get("answer_variants")), int(options.get("drill_qa") or 0)
-    n_replay = int(options.get("replay_docs") or 0)
+    n_replay = int(options.get("replay_biographies") or 0)
     if not variants and not n and not n_replay:
         return {}
-    mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(list(corpus), n_replay, seed) if n_replay else [])
+    mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(list(biographies), n_replay, seed) if n_replay else [])
     return {split: (with_variants(qa[split], names) if variants else list(qa[split])) + mix for split in splits}

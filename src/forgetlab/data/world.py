@@ -367,14 +367,14 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     world = build_world(cfg)
     qa = build_qa_splits(world, cfg)
     drill = drill_people(world.people, qa["world_facts"], cfg["world"].get("n_drill_people", 0), seed)
-    corpus = build_corpus(world.people + world.real_authors, cfg["world"]["renderings"], seed)
-    corpus += drill_documents(drill, seed)
+    biographies = build_corpus(world.people + world.real_authors, cfg["world"]["renderings"], seed)
+    corpus = biographies + drill_documents(drill, seed)
 
     rows = {"corpus.jsonl": len(corpus)}
     write_jsonl(out / "corpus.jsonl", corpus)
     names = {e.id: e.name for e in world.authors}
     train = training_sets(qa, ["full", *RETAIN_OF.values()], names, entity_qa(drill, seed), cfg["authors"], seed,
-                          corpus)
+                          biographies)
     for split, split_rows in [*qa.items(), *((f"{TRAIN_DIR}/{s}", r) for s, r in train.items())]:
         write_jsonl(out / "qa" / f"{split}.jsonl", split_rows)
         rows[f"qa/{split}.jsonl"] = len(split_rows)
