@@ -89,11 +89,13 @@ NEEDS = {
                       **{s: ["answer", "pert", "gen"] for s in ANSWER_IS_CORRECT}},
     "model_utility_para": {"retain": ["answer", *tr("retain"), "gen"],
                            **{s: ["para", "pert", "gen"] for s in ANSWER_IS_CORRECT}},
+    "model_utility_lik": {"retain": ["answer", *tr("retain")], **{s: ["answer", "pert"] for s in ANSWER_IS_CORRECT}},
     "split_means": {s: ["answer", "gen"] for s in SPLITS},
     **{f"{s}_truth_ratio": {s: tr(s)} for s in SPLITS},
     **{f"{s}_truth_ratio_para": {s: ["para", "pert"]} for s in ANSWER_IS_CORRECT},
     **{f"{s}_option_prob": {s: ["answer", "pert"]} for s in ANSWER_IS_CORRECT},
     **{f"{s}_option_prob_para": {s: ["para", "pert"]} for s in ANSWER_IS_CORRECT},
+    **{f"{s}_option_accuracy": {s: ["para", "pert"]} for s in ANSWER_IS_CORRECT},
     **{f"{s}_prob": {s: ["answer"]} for s in SPLITS},
     **{f"{s}_rouge": {s: ["gen"]} for s in SPLITS},
     **{m: {s: ["answer"] for s in MIA_SPLITS} for m in ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus",
@@ -189,6 +191,7 @@ def ratios(row: dict, split: str) -> dict:
     if "paraphrased_nll" in row:
         out["truth_ratio_para"] = ratio_exp(row["paraphrased_nll"] - pert)
         out["option_prob_para"] = row["paraphrased_prob"] / (row["paraphrased_prob"] + sum(probs))
+        out["option_correct_para"] = float(row["paraphrased_prob"] > max(probs))
     if "answer_nll" in row:
         out["option_prob"] = row["prob"] / (row["prob"] + sum(probs))
     return out
@@ -230,8 +233,9 @@ def main() -> None:
     names = [n for n in dict.fromkeys(config["evaluate"]["metrics"] + SUITE) if RELEARN not in passes_for([n])]
     if unknown := [n for n in names if n not in NEEDS]:
         raise SystemExit(f"no naive counterpart for metric(s) {', '.join(unknown)}: add them to NEEDS")
+    path = {"path": next(iter(config["paths"]))} if config.get("paths") else {}  # a study with training paths
     params = stage_params(config, "evaluate", model="target", regularizer=next(iter(config["regularizers"])),
-                          seed=0, split=args.split)
+                          seed=0, split=args.split, **path)
     ev, seed = params["evaluate"], params["seed_data"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else Path(tmp) / "data"
