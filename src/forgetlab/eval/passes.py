@@ -146,18 +146,27 @@ def packed_mask(segments: list[list[int]], width: int, dtype, device) -> torch.T
     return mask[:, None].to(device)
 
 
+def is_sharded(model) -> bool:
+    """Whether `model` is sharded with FSDP2 (forgetlab.distributed.shard_model)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 @torch.no_grad()
 def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size: int = 32) -> list[list[TokenStats]]:
     """token_stats of every encoding of every group, where a group's encodings share their prompt
     (a QA row's answer, paraphrase and perturbed answers): each group is one packed sequence
     (`pack`), so the prompt runs once per group, and the LM head runs only where a supervised token
-    is predicted. The values are token_stats' up to float rounding. A model whose attention takes
+    is predicted (everywhere in an FSDP-sharded model, whose root forward gathers the head). The values are token_stats' up to float rounding. A model whose attention takes
     no 4D mask (e.g. flash attention) runs token_stats on the encodings one by one instead."""
     if getattr(model.config, "_attn_implementation", "eager") not in PACKED_ATTENTION:
         flat = token_stats(model, [e for g in groups for e in g], pad_id, batch_size)
         bounds = np.cumsum([0, *map(len, groups)])
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    device, packed = device_of(model), [pack(g) for g in groups]
+    device, packed, sharded = device_of(model), [pack(g) for g in groups], is_sharded(model)
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     dtype = next(model.parameters()).dtype
     order = sorted(range(len(groups)), key=lambda i: -len(packed[i][0]))
@@ -172,11 +181,17 @@ def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size
         pos = torch.zeros((len(idx), width), dtype=torch.long)
         for b, i in enumerate(idx):
             ids[b, :len(packed[i][0])], pos[b, :len(packed[i][1])] = torch.tensor(packed[i][0]), torch.tensor(packed[i][1])
-        hidden = lm.get_decoder()(input_ids=ids.to(device), position_ids=pos.to(device),
-                                  attention_mask=packed_mask([packed[i][2] for i in idx], width, dtype, device)).last_hidden_state
-        rows = torch.tensor([b * width + t for b, i in enumerate(idx) for t, _ in packed[i][3]], dtype=torch.long)
+        inputs = dict(input_ids=ids.to(device), position_ids=pos.to(device),
+                      attention_mask=packed_mask([packed[i][2] for i in idx], width, dtype, device))
+        rows = torch.tensor([b * width + t for b, i in enumerate(idx) for t, _ in packed[i][3]], dtype=torch.long,
+                            device=device)
         target = torch.tensor([y for i in idx for _, y in packed[i][3]], dtype=torch.long, device=device)
-        logits = lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[rows.to(device)])
+        if sharded:  # FSDP gathers the embeddings and the head in the root module's forward only
+            logits = model(**inputs).logits
+            logits = logits.reshape(-1, logits.shape[-1])[rows]
+        else:
+            hidden = lm.get_decoder()(**inputs).last_hidden_state
+            logits = lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[rows])
         logp, match, mu, sigma = (t.cpu().numpy() for t in stats_of(logits, target))
         offset = 0
         for i in idx:
