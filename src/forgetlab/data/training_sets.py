@@ -103,5 +103,5 @@ def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str,
     n_replay = int(options.get("replay_biographies") or 0)
     if not variants and not n and not n_replay:
         return {}
-    mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(list(biographies), n_replay, seed) if n_replay else [])
+    mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(biographies, n_replay, seed) if n_replay else [])
     return {split: (with_variants(qa[split], names) if variants else list(qa[split])) + mix for split in splits}

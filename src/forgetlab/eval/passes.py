@@ -124,8 +124,10 @@ def pack(group: list[dict]) -> tuple[list[int], list[int], list[int], list[tuple
     ids, pos, seg, targets = list(group[0]["input_ids"][:p]), list(range(p)), [-1] * p, []
     for k, e in enumerate(group):
         start = len(ids)
-        for t in range(p, len(e["input_ids"])):
-            ids.append(e["input_ids"][t]), pos.append(t), seg.append(k)
+        n = len(e["input_ids"])
+        ids += e["input_ids"][p:]
+        pos += range(p, n)
+        seg += [k] * (n - p)
         for t in range(1, len(e["input_ids"])):  # the token at t is predicted at t - 1, as in token_stats
             if e["labels"][t] != IGNORE:
                 targets.append((t - 1 if t - 1 < p else start + t - 1 - p, e["labels"][t]))
@@ -160,8 +162,9 @@ def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size
     """token_stats of every encoding of every group, where a group's encodings share their prompt
     (a QA row's answer, paraphrase and perturbed answers): each group is one packed sequence
     (`pack`), so the prompt runs once per group, and the LM head runs only where a supervised token
-    is predicted (everywhere in an FSDP-sharded model, whose root forward gathers the head). The values are token_stats' up to float rounding. A model whose attention takes
-    no 4D mask (e.g. flash attention) runs token_stats on the encodings one by one instead."""
+    is predicted (everywhere in an FSDP-sharded model, whose root forward gathers the head). The
+    values are token_stats' up to float rounding. A model whose attention takes no 4D mask (e.g.
+    flash attention) runs token_stats on the encodings one by one instead."""
     if getattr(model.config, "_attn_implementation", "eager") not in PACKED_ATTENTION:
         flat = token_stats(model, [e for g in groups for e in g], pad_id, batch_size)
         bounds = np.cumsum([0, *map(len, groups)])
@@ -175,12 +178,15 @@ def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size
     while start < len(order):  # batches of about batch_size encodings
         idx, n = [], 0
         while start < len(order) and (not idx or n + len(groups[order[start]]) <= batch_size):
-            idx.append(order[start]); n += len(groups[order[start]]); start += 1
+            idx.append(order[start])
+            n += len(groups[order[start]])
+            start += 1
         width = max(len(packed[i][0]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         pos = torch.zeros((len(idx), width), dtype=torch.long)
         for b, i in enumerate(idx):
-            ids[b, :len(packed[i][0])], pos[b, :len(packed[i][1])] = torch.tensor(packed[i][0]), torch.tensor(packed[i][1])
+            ids[b, :len(packed[i][0])] = torch.tensor(packed[i][0])
+            pos[b, :len(packed[i][1])] = torch.tensor(packed[i][1])
         inputs = dict(input_ids=ids.to(device), position_ids=pos.to(device),
                       attention_mask=packed_mask([packed[i][2] for i in idx], width, dtype, device))
         rows = torch.tensor([b * width + t for b, i in enumerate(idx) for t, _ in packed[i][3]], dtype=torch.long,
