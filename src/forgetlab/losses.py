@@ -115,11 +115,20 @@ def kl_to_reference(model, reference, batch: dict) -> torch.Tensor:
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def lm_loss(model, batch: dict, regularizers=(), supervised_logits: bool = False) -> tuple[torch.Tensor, dict]:
+def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """How many tokens of a batch (or one example's labels) have a label: the count a per-token mean divides by."""
+    return (labels[..., 1:] != IGNORE).sum()
+
+
+def lm_loss(model, batch: dict, regularizers=(), supervised_logits: bool = False,
+            tokens_per_batch: float | None = None) -> tuple[torch.Tensor, dict]:
     """The fine-tuning (and pretraining) loss: next-token cross-entropy on the supervised tokens,
     replaced by at most one regularizer's `compute_loss`, plus every regularizer's `extra_loss`.
     With `supervised_logits` (train setting) the LM head runs only at the supervised positions
-    (forward_supervised); the loss terms read their logits with logits_at_supervised either way."""
+    (forward_supervised); the loss terms read their logits with logits_at_supervised either way.
+    With `tokens_per_batch` (the token_weighted train setting: the run's mean supervised tokens per
+    batch) the loss is scaled by this batch's supervised tokens over it, so that over an epoch every
+    supervised token weighs the same (the scale is logged as `token_weight`)."""
     hidden = any(r.needs_hidden_states for r in regularizers)
     if supervised_logits:
         outputs = forward_supervised(model, batch, hidden)
@@ -141,4 +150,7 @@ def lm_loss(model, batch: dict, regularizers=(), supervised_logits: bool = False
         if extra is not None:
             parts[reg.name] = extra.item()
             loss = loss + extra
+    if tokens_per_batch:
+        parts["token_weight"] = supervised_tokens(batch["labels"]) / tokens_per_batch
+        loss = loss * parts["token_weight"]
     return loss, parts

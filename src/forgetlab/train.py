@@ -69,6 +69,7 @@ class TrainConfig:
     length_megabatch: int = 50  # group_by_length sorts within runs of length_megabatch * batch_size examples
     fused_adamw: bool = False  # torch's fused AdamW kernel (HF Trainer's default): faster, not bit-identical
     supervised_logits: bool = False  # LM loss: the LM head only at supervised positions; faster, not bit-identical
+    token_weighted: bool = False  # finetune's LM loss: every supervised token weighs the same, whatever its batch
     sync_every: int | None = None  # optimizer steps between host syncs (loss check, logging); None: 1 on CPU, 16 else
 
     def __post_init__(self):  # the ranges of these settings: the study config's schema ($defs/train)

@@ -11,11 +11,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.training_sets import TRAIN_DIR
-from forgetlab.losses import lm_loss
+from forgetlab.losses import lm_loss, supervised_tokens
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
 from forgetlab.qa import collate, encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, text_chunks, write_json
@@ -68,6 +69,11 @@ def loader_seed(seed: int, params: dict) -> int:
     return seed if d is None else int(np.random.SeedSequence([seed, d]).generate_state(1)[0])
 
 
+def token_norm(examples: list[dict], batches_per_epoch: int) -> float:
+    """The token_weighted setting's divisor: the mean supervised tokens per batch over an epoch."""
+    return sum(int(supervised_tokens(torch.tensor(e["labels"]))) for e in examples) / batches_per_epoch
+
+
 def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
     set_threads(params)
     regularizers = build_regularizers(params["regularizers"])
@@ -81,9 +87,11 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device(),
                         group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
         steps = num_steps(cfg, len(loader))
+        tokens_per_batch = token_norm(examples, len(loader)) if cfg.token_weighted else None
         probe = {k: v.to(device()) for k, v in collate(examples[: cfg.batch_size], tokenizer.pad_token_id).items()}
         ckpt = Checkpointer.for_stage(out, params, mlrun, cfg.checkpoint_every, inputs=[pretrained, *files])
-        model = train(model, partial(lm_loss, regularizers=regularizers, supervised_logits=cfg.supervised_logits),
+        model = train(model, partial(lm_loss, regularizers=regularizers, supervised_logits=cfg.supervised_logits,
+                                      tokens_per_batch=tokens_per_batch),
                       iter(loader), steps, cfg,
                       hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
                       desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"),
