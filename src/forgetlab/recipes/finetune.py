@@ -11,14 +11,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from forgetlab import distributed
 from forgetlab.checkpoint import Checkpointer
 from forgetlab.data.training_sets import TRAIN_DIR
-from forgetlab.losses import lm_loss, supervised_tokens
+from forgetlab.losses import lm_loss
 from forgetlab.model import atomic_dir, attention, checkpointing, device, load_model, load_tokenizer, save_model
-from forgetlab.qa import collate, encode_qa, encode_text_chunks
+from forgetlab.qa import IGNORE, collate, encode_qa, encode_text_chunks
 from forgetlab.recipes import read_jsonl, set_threads, text_chunks, write_json
 from forgetlab.regularizers import build_regularizers
 from forgetlab.soup import Soup
@@ -71,7 +70,7 @@ def loader_seed(seed: int, params: dict) -> int:
 
 def token_norm(examples: list[dict], batches_per_epoch: int) -> float:
     """The token_weighted setting's divisor: the mean supervised tokens per batch over an epoch."""
-    return sum(int(supervised_tokens(torch.tensor(e["labels"]))) for e in examples) / batches_per_epoch
+    return sum(sum(label != IGNORE for label in e["labels"][1:]) for e in examples) / batches_per_epoch
 
 
 def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
