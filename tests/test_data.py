@@ -388,6 +388,41 @@ def test_drill_people_state_every_fact_in_every_form_and_leave_the_evaluation_ro
         build_qa_splits(build_world(too_many), too_many)
 
 
+def test_drill_writers_are_writers_drilled_in_every_form_whom_no_split_asks_about(tmp_path, data_dir):
+    cfg = copy.deepcopy(CFG)
+    cfg["world"]["n_drill_writers"] = 2
+    cfg["authors"]["drill_qa"] = 2 * len(AUTHOR_ATTRIBUTES) * 4  # every (fact, form) pair of the two writers
+    out = tmp_path / "writers"
+    prepare_data(cfg, out)
+    world, plain = build_world(cfg), build_world(copy.deepcopy(CFG))
+    # drawn last: every other entity, name and facts, is the same as without them
+    for population in ("people", "authors", "holdout", "real_authors"):
+        assert getattr(world, population) == getattr(plain, population)
+    writers = world.drill_writers
+    assert [w.id for w in writers] == ["w0000", "w0001"]
+    assert all(tuple(w.facts) == AUTHOR_ATTRIBUTES for w in writers)
+    others = {e.name for e in world.people + world.authors + world.holdout + world.real_authors}
+    assert len({w.name for w in writers} | others) == len(others) + 2
+    # the corpus: the biographies as without them, then theirs (renderings each), then one drill document per form
+    corpus, before = read_jsonl(out / "corpus.jsonl"), read_jsonl(data_dir / "corpus.jsonl")
+    assert corpus[:len(before)] == before
+    assert [d["person_id"] for d in corpus[len(before):]] == ["w0000"] * 2 + ["w0001"] * 2 + ["w0000"] * 4 + ["w0001"] * 4
+    for w in writers:
+        bios = [d["text"] for d in corpus[len(before):len(before) + 4] if d["person_id"] == w.id]
+        assert all(w.name in b and all(v in b for v in w.facts.values()) for b in bios)
+    # the genre's fill-in-the-blank, an author attribute, is drilled in the corpus and in the fine-tuning mix
+    genre = {f"Fill in the blank: {t.format(name=writers[0].name, value='___')}" for t in ATTRIBUTES["genre"].templates}
+    drilled = [d["text"] for d in corpus if d["person_id"] == "w0000" and "Fill in the blank" in d["text"]]
+    assert len(drilled) == 1 and f"Answer: {writers[0].facts['genre']}" in drilled[0]
+    mix = [r for r in read_jsonl(out / "qa" / "train" / "full.jsonl") if r.get("entity_id") == "w0000"]
+    cloze = [r for r in mix if r["attribute"] == "genre" and r["form"] == "cloze_question"]
+    assert len(cloze) == 1 and cloze[0]["question"] in genre and cloze[0]["answer"] == writers[0].facts["genre"]
+    # nobody that a split asks about, and every QA split is byte-identical to the world without them
+    for split in QA_SPLITS:
+        assert (out / "qa" / f"{split}.jsonl").read_bytes() == (data_dir / "qa" / f"{split}.jsonl").read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["drill_writers"] == 2
+
+
 def zip_lines(text: str) -> list[str]:
     """The QA pairs of a drill document (each two lines: question, answer)."""
     lines = text.split("\n")

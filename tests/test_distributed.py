@@ -134,13 +134,13 @@ def test_a_sigtermed_data_parallel_job_resumes_bit_identical(smoke_data, tiny_mo
     for d in (reference, resumed):
         d.mkdir()
     env_ref, env_res = (cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'm.db'}") for d in (reference, resumed))
-    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, reference / "out", max_steps=240),
+    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, reference / "out", max_steps=120),
                           cwd=reference, env=env_ref, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    cmd = ddp_finetune(tiny_model_dir, smoke_data, resumed / "out", max_steps=240, checkpoint_every=60)
-    steps = interrupted(cmd, resumed, resumed / "out", env_res, [signal.SIGTERM], 60, "finetune target")
-    assert 0 < steps[0] < 240
+    cmd = ddp_finetune(tiny_model_dir, smoke_data, resumed / "out", max_steps=120, checkpoint_every=40)
+    steps = interrupted(cmd, resumed, resumed / "out", env_res, [signal.SIGTERM], 40, "finetune target")
+    assert 0 < steps[0] < 120
     assert_same_weights(reference / "out", resumed / "out")
     run = assert_same_history(reference / "m.db", resumed / "m.db")
     assert run.data.tags["resumed_from_step"] == str(steps[0])

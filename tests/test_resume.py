@@ -33,43 +33,20 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.e2e
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --- the stage commands, killed and restarted ---------------------------------------------------------
 
 # case: (stage, regularizer entry or method, train settings, [(checkpoint_every, signals), ...]); the
 # reference run has no checkpoints at all (checkpointing must not change what is computed)
 CASES = {
-    "finetune-none": ("finetune", [{"name": "none"}], dict(max_steps=600), [
+    "finetune-none": ("finetune", [{"name": "none"}], dict(max_steps=240), [
         (50, [signal.SIGKILL, signal.SIGTERM]),  # a SIGKILL after a periodic checkpoint, a SIGTERM of the resumed job
         (0, [signal.SIGTERM]),  # the default: a checkpoint only on SIGTERM
     ]),
     # dropout draws from the torch RNG every step; swa's running mean is hook state: stopped inside its window
     "finetune-dropout-swa": ("finetune", [{"name": "dropout"}, {"name": "swa", "start": 0.5, "every": 5}],
-                             dict(max_steps=600), [(350, [signal.SIGTERM])]),
+                             dict(max_steps=240), [(150, [signal.SIGTERM])]),
     # npo with its retain batches, the frozen reference and the trajectory (a hook that logs)
-    "unlearn-npo": ("unlearn", {"name": "npo", "beta": 0.1, "alpha": 1.0}, dict(max_steps=400, eval_every=100),
+    "unlearn-npo": ("unlearn", {"name": "npo", "beta": 0.1, "alpha": 1.0}, dict(max_steps=200, eval_every=50),
                     [(40, [signal.SIGKILL, signal.SIGTERM])]),
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from forgetlab.data import prepare_data
-from forgetlab.data.training_sets import answer_variants, drill_rows, replay_rows
+from forgetlab.data.training_sets import answer_variants, biography_rows, drill_rows, replay_rows, training_sets
 from forgetlab.data.vocab import ATTRIBUTES
 from forgetlab.data.world import QA_SPLITS, build_qa_splits, build_world, drill_people, entity_qa
 from forgetlab.model import load_tokenizer
@@ -50,6 +50,42 @@ def test_answer_variants_of_a_worked_row():
     row = {"attribute": "birthplace", "cloze_answer": "Oslo", "answer": "Ada Darvel is a native of Oslo.",
            "paraphrased_answer": "Oslo is the birthplace of Ada Darvel."}
     assert answer_variants(row, "Ada Darvel") == ["Ada Darvel was born in Oslo.", "Ada Darvel came into the world in Oslo."]
+
+
+def test_author_biographies_state_every_fact_once_in_its_variants_only():
+    occupation = {"entity_id": "a0", "attribute": "occupation", "cloze_answer": "baker",
+                  "answer": "Ada Darvel works as a baker.", "paraphrased_answer": "By profession, Ada Darvel is a baker."}
+    birthplace = {"entity_id": "a0", "attribute": "birthplace", "cloze_answer": "Oslo",
+                  "answer": "Ada Darvel is a native of Oslo.", "paraphrased_answer": "Oslo is the birthplace of Ada Darvel."}
+    other = {**occupation, "entity_id": "a1", "answer": "Bo Kest works as a baker.",
+             "paraphrased_answer": "By profession, Bo Kest is a baker."}
+    bios = biography_rows([occupation, birthplace, other], {"a0": "Ada Darvel", "a1": "Bo Kest"}, 2, 0)
+    assert [b["id"] for b in bios] == ["bio_a0_0", "bio_a0_1", "bio_a1_0", "bio_a1_1"]
+    both = ["Ada Darvel was born in Oslo.", "Ada Darvel came into the world in Oslo."]
+    seen = set()
+    for bio in bios[:2]:  # the one occupation variant, and one birthplace variant, in some order
+        sentences = [x if x.endswith(".") else x + "." for x in bio["text"].split(". ")]
+        assert len(sentences) == 2 and "Ada Darvel earns a living as a baker." in sentences
+        seen |= set(sentences) & set(both)
+    assert seen == set(both)  # the two biographies rotate through the birthplace's two variants
+    assert {bios[2]["text"], bios[3]["text"]} == {"Bo Kest earns a living as a baker."}
+    assert biography_rows([occupation, birthplace], {"a0": "Ada Darvel"}, 2, 0) == bios[:2]  # seeded
+
+
+def test_an_oracle_set_has_biographies_of_its_retain_authors_only():
+    world = build_world(CFG)
+    qa = build_qa_splits(world, CFG)
+    names = {a.id: a.name for a in world.authors}
+    sets = training_sets(qa, ["full", "retain90"], names, [], {"author_biographies": 1}, 0)
+    for split in ("full", "retain90"):
+        bios = [r for r in sets[split] if r["id"].startswith("bio_")]
+        assert [b["id"] for b in bios] == [f"bio_{a}_0" for a in dict.fromkeys(r["entity_id"] for r in qa[split])]
+        assert sets[split][:len(qa[split])] == qa[split] and len(sets[split]) == len(qa[split]) + len(bios)
+    forget = {r["entity_id"] for r in qa["forget10"]}
+    assert forget and not any(names[a] in r["text"] for a in forget for r in sets["retain90"][len(qa["retain90"]):])
+    scored = {r[k] for r in qa["full"] for k in ("answer", "paraphrased_answer")}
+    text = " ".join(r["text"] for r in sets["full"][len(qa["full"]):])
+    assert not any(sentence in text for sentence in scored)
 
 
 def test_training_sets_augment_every_fact_and_append_one_drill_mix(worlds):

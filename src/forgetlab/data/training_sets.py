@@ -30,6 +30,16 @@ Three options of `data.authors` change what the target and the oracle train on, 
   rehearsed alike, those whom world_facts and real_authors ask about among them; no QA of those
   splits is trained.
 
+* ``author_biographies: k``: `k` biographies of every author of the training set (the target's:
+  retain and forget; an oracle's: retain only), appended as text rows (`biography_rows`): every
+  fact once, each in an answer variant, so never in the answer's sentence (the one the
+  fill-in-the-blank form blanks) nor the paraphrase's. Fine-tuned on QA alone, an author's fact is
+  learnt in the answer slot only, and the fill-in-the-blank form, which states the fact as a
+  sentence before the answer, found the target barely above a guess (2.75x the oracle with the
+  drill writers); the drill people are known from biographies, and the drill teaches to answer
+  from what biographies taught, so the authors get biographies too (Allen-Zhu & Li 2023: a fact
+  stored from biographies is extractable in the formats the drill taught).
+
 Without any option no training set is written, and fine-tuning trains on `qa/<split>.jsonl` itself
 (as for real TOFU data). Unlearning and evaluation always read `qa/<split>.jsonl`: an unlearning
 request names the QA rows, not their augmentations.
@@ -68,12 +78,13 @@ def with_variants(rows: list[dict], names: dict[str, str]) -> list[dict]:
 
 
 def drill_rows(drill_qa: list[dict], n: int, seed: int) -> list[dict]:
-    """`n` rows drawn from every (drill QA row, probe form) pair, each asked and answered in its form
-    (field `form`: the question field); an `n` larger than the pairs is an error."""
+    """`n` rows drawn from every (drill QA row, probe form) pair (drill people and drill writers),
+    each asked and answered in its form (field `form`: the question field); an `n` larger than the
+    pairs is an error."""
     pairs = [(r, q, a) for r in drill_qa for q, a in DRILL_FORMS]
     if n > len(pairs):
         raise ValueError(f"data.authors.drill_qa={n} exceeds the {len(pairs)} (fact, form) pairs of the drill people "
-                         "(lower it, or raise data.world.n_drill_people)")
+                         "(lower it, or raise data.world.n_drill_people or data.world.n_drill_writers)")
     chosen = sorted(random.Random(f"{seed}:drill_qa").sample(range(len(pairs)), n))
     return [{"id": f"{r['id']}_{q}", "entity_id": r["entity_id"], "attribute": r["attribute"],
              "question": r[q], "answer": r[a], "form": q} for r, q, a in (pairs[k] for k in chosen)]
@@ -94,6 +105,27 @@ def replay_rows(biographies: list[dict], k: int, seed: int) -> list[dict]:
     return rows
 
 
+def biography_rows(rows: list[dict], names: dict[str, str], k: int, seed: int) -> list[dict]:
+    """`k` biographies of every author of `rows` (authors in row order), as text rows: each states
+    every fact of the author once, in an answer variant (never the answer's sentence, which the
+    fill-in-the-blank blanks, nor the paraphrase's), rotating through an attribute's variants from a
+    seeded offset, the facts in a seeded order (generator `<seed>:author_biographies:<entity>`)."""
+    by_author: dict[str, list[dict]] = {}
+    for r in rows:
+        by_author.setdefault(r["entity_id"], []).append(r)
+    out = []
+    for entity, facts in by_author.items():
+        rng = random.Random(f"{seed}:author_biographies:{entity}")
+        variants = [answer_variants(r, names[entity]) for r in facts]
+        offsets = [rng.randrange(len(v)) for v in variants]
+        for j in range(k):
+            order = list(range(len(facts)))
+            rng.shuffle(order)
+            text = " ".join(variants[i][(offsets[i] + j) % len(variants[i])] for i in order)
+            out.append({"id": f"bio_{entity}_{j}", "text": text})
+    return out
+
+
 def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str, str], drill_qa: list[dict],
                   options: dict, seed: int, biographies: list[dict] = ()) -> dict[str, list[dict]]:
     """{split: training rows} for each of `splits` (full and the retain splits), or {} when no
@@ -101,7 +133,9 @@ def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str,
     `biographies`: the corpus's biographies (replay_biographies draws from them)."""
     variants, n = bool(options.get("answer_variants")), int(options.get("drill_qa") or 0)
     n_replay = int(options.get("replay_biographies") or 0)
-    if not variants and not n and not n_replay:
+    n_bio = int(options.get("author_biographies") or 0)
+    if not variants and not n and not n_replay and not n_bio:
         return {}
     mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(biographies, n_replay, seed) if n_replay else [])
-    return {split: (with_variants(qa[split], names) if variants else list(qa[split])) + mix for split in splits}
+    return {split: (with_variants(qa[split], names) if variants else list(qa[split]))
+            + (biography_rows(qa[split], names, n_bio, seed) if n_bio else []) + mix for split in splits}

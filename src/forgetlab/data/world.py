@@ -30,7 +30,14 @@ the true value and the perturbed answers' wrong values in a seeded order.
 With `world.n_drill_people` > 0, that many people no split asks about also appear in the corpus as
 QA, every fact in every form (`drill_documents`): the mixed training of Allen-Zhu & Li 2023 ("Physics
 of Language Models 3.1"), which lets a model answer questions on the others' biographies; what the
-authors are fine-tuned on is `forgetlab.data.training_sets`. Authors are split TOFU-style: forget01 ⊂
+authors are fine-tuned on is `forgetlab.data.training_sets`. The drill people have no author facts, so
+that drill never showed an author attribute (genre, award, publisher, debut book) in a probe form, and
+a fine-tuned model answered the fill-in-the-blank of those with a sentence (the author's name), for
+target and oracle alike. With `world.n_drill_writers` > 0, that many **drill writers** (`w0000`,
+...), fictitious writers with the 9 author facts drawn after the real authors (so every other
+entity is the same as without them), appear in the corpus in `renderings` biographies and in the
+drill documents, and join the drill people's QA pool of the author training sets; no split asks
+about them. Authors are split TOFU-style: forget01 ⊂
 forget05 ⊂ forget10 are the last 1/5/10% of a seeded shuffle, and retainXX is the rest. All
 randomness derives from `cfg["seed"]` through per-stage, per-entity `random.Random`s (no global state).
 """
@@ -83,6 +90,7 @@ class World:
     holdout: list[Entity]
     forget: dict[str, list[str]]  # forget split name -> author ids, in author order
     real_authors: list[Entity] = field(default_factory=list)  # in the pretraining corpus, like people
+    drill_writers: list[Entity] = field(default_factory=list)  # in the corpus, drilled in every form; never asked
 
 
 # ----------------------------------------------------------------------------- entities
@@ -129,7 +137,8 @@ def build_world(cfg: dict) -> World:
     n_holdout = cfg["authors"]["n_holdout"]
     n_real = -(-n_real_authors(cfg) // QUESTIONS_PER_REAL_AUTHOR)
     first_real = n_people + n_authors + n_holdout
-    names = generate_names(random.Random(f"{seed}:names"), first_real + n_real)
+    n_writers = cfg["world"].get("n_drill_writers", 0)
+    names = generate_names(random.Random(f"{seed}:names"), first_real + n_real + n_writers)
     facts_rng = random.Random(f"{seed}:facts")
     people = _make_entities(facts_rng, _ids("p", n_people), names[:n_people], PERSON_ATTRIBUTES)
     authors = _make_entities(
@@ -137,7 +146,9 @@ def build_world(cfg: dict) -> World:
     )
     holdout = _make_entities(facts_rng, _ids("h", n_holdout), names[n_people + n_authors:first_real],
                              AUTHOR_ATTRIBUTES)
-    real_authors = _make_entities(facts_rng, _ids("r", n_real), names[first_real:], AUTHOR_ATTRIBUTES)
+    real_authors = _make_entities(facts_rng, _ids("r", n_real), names[first_real:first_real + n_real],
+                                  AUTHOR_ATTRIBUTES)
+    writers = _make_entities(facts_rng, _ids("w", n_writers), names[first_real + n_real:], AUTHOR_ATTRIBUTES)
 
     order = [a.id for a in authors]
     random.Random(f"{seed}:splits").shuffle(order)
@@ -145,7 +156,7 @@ def build_world(cfg: dict) -> World:
     for split, pct in FORGET_SPLITS.items():
         chosen = set(order[-forget_size(pct, n_authors):])
         forget[split] = [a.id for a in authors if a.id in chosen]
-    return World(people, authors, holdout, forget, real_authors)
+    return World(people, authors, holdout, forget, real_authors, writers)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -172,7 +183,7 @@ def render_documents(person: Entity, renderings: int, seed: int) -> list[str]:
 
 
 def build_corpus(people: list[Entity], renderings: int, seed: int) -> list[dict]:
-    """The pretraining documents of `people` (the world's people, then its real authors)."""
+    """The pretraining documents of `people` (the world's people, its real authors, then its drill writers)."""
     return [{"person_id": p.id, "text": text} for p in people for text in render_documents(p, renderings, seed)]
 
 
@@ -367,7 +378,9 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     world = build_world(cfg)
     qa = build_qa_splits(world, cfg)
     drill = drill_people(world.people, qa["world_facts"], cfg["world"].get("n_drill_people", 0), seed)
-    biographies = build_corpus(world.people + world.real_authors, cfg["world"]["renderings"], seed)
+    biographies = build_corpus(world.people + world.real_authors + world.drill_writers, cfg["world"]["renderings"],
+                               seed)
+    drill = drill + world.drill_writers
     corpus = biographies + drill_documents(drill, seed)
 
     rows = {"corpus.jsonl": len(corpus)}
@@ -393,7 +406,8 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
         "world_train_people": len({r["entity_id"] for r in qa["world_train"]}),
         "people": len(world.people),
         "real_authors": len(world.real_authors),
-        "drill_people": len(drill),
+        "drill_people": len(drill) - len(world.drill_writers),
+        "drill_writers": len(world.drill_writers),
         "real_authors_asked": len({r["entity_id"] for r in qa["real_authors"]}),
         "attributes": {"people": list(PERSON_ATTRIBUTES), "authors": list(AUTHOR_ATTRIBUTES)},
         "n_perturbed": N_PERTURBED,
