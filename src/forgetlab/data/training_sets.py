@@ -5,7 +5,7 @@ probe forms (paraphrased question, fill-in-the-blank, multiple choice; `forgetla
 tiny model fine-tuned on one answer sentence per fact learns that sentence rather than the fact:
 in the default study before this module its multiple-choice accuracy on forget was 0.55 and its
 fill-in-the-blank probability 1.5x the oracle's (docs/metrics.md#the-world-and-what-the-model-knows).
-Three options of `data.authors` change what the target and the oracle train on, never what is evaluated:
+Four options of `data.authors` change what the target and the oracle train on, never what is evaluated:
 
 * ``answer_variants: true``: every fact is trained in every answer template of its attribute but
   the paraphrase's (which the truth ratio, the paraphrased form and the multiple-choice form

@@ -30,14 +30,9 @@ the true value and the perturbed answers' wrong values in a seeded order.
 With `world.n_drill_people` > 0, that many people no split asks about also appear in the corpus as
 QA, every fact in every form (`drill_documents`): the mixed training of Allen-Zhu & Li 2023 ("Physics
 of Language Models 3.1"), which lets a model answer questions on the others' biographies; what the
-authors are fine-tuned on is `forgetlab.data.training_sets`. The drill people have no author facts, so
-that drill never showed an author attribute (genre, award, publisher, debut book) in a probe form, and
-a fine-tuned model answered the fill-in-the-blank of those with a sentence (the author's name), for
-target and oracle alike. With `world.n_drill_writers` > 0, that many **drill writers** (`w0000`,
-...), fictitious writers with the 9 author facts drawn after the real authors (so every other
-entity is the same as without them), appear in the corpus in `renderings` biographies and in the
-drill documents, and join the drill people's QA pool of the author training sets; no split asks
-about them. Authors are split TOFU-style: forget01 ⊂
+authors are fine-tuned on is `forgetlab.data.training_sets`. `world.n_drill_writers` **drill writers**
+(`w0000`, ...; the 9 author facts, drawn last so no other entity changes) are drilled likewise, so that
+the author attributes' probe forms have a learnt format too; no split asks about them. Authors are split TOFU-style: forget01 ⊂
 forget05 ⊂ forget10 are the last 1/5/10% of a seeded shuffle, and retainXX is the rest. All
 randomness derives from `cfg["seed"]` through per-stage, per-entity `random.Random`s (no global state).
 """
