@@ -32,8 +32,9 @@ QA, every fact in every form (`drill_documents`): the mixed training of Allen-Zh
 of Language Models 3.1"), which lets a model answer questions on the others' biographies; what the
 authors are fine-tuned on is `forgetlab.data.training_sets`. `world.n_drill_writers` **drill writers**
 (`w0000`, ...; the 9 author facts, drawn last so no other entity changes) are drilled likewise, so that
-the author attributes' probe forms have a learnt format too; no split asks about them. Authors are split TOFU-style: forget01 ⊂
-forget05 ⊂ forget10 are the last 1/5/10% of a seeded shuffle, and retainXX is the rest. All
+the author attributes' probe forms have a learnt format too; no split asks about them. Authors are
+split TOFU-style: forget01 ⊂ forget05 ⊂ forget10 are the last 1/5/10% of a seeded shuffle, and
+retainXX is the rest. All
 randomness derives from `cfg["seed"]` through per-stage, per-entity `random.Random`s (no global state).
 """
 
@@ -375,13 +376,13 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
     drill = drill_people(world.people, qa["world_facts"], cfg["world"].get("n_drill_people", 0), seed)
     biographies = build_corpus(world.people + world.real_authors + world.drill_writers, cfg["world"]["renderings"],
                                seed)
-    drill = drill + world.drill_writers
-    corpus = biographies + drill_documents(drill, seed)
+    drilled = drill + world.drill_writers
+    corpus = biographies + drill_documents(drilled, seed)
 
     rows = {"corpus.jsonl": len(corpus)}
     write_jsonl(out / "corpus.jsonl", corpus)
     names = {e.id: e.name for e in world.authors}
-    train = training_sets(qa, ["full", *RETAIN_OF.values()], names, entity_qa(drill, seed), cfg["authors"], seed,
+    train = training_sets(qa, ["full", *RETAIN_OF.values()], names, entity_qa(drilled, seed), cfg["authors"], seed,
                           biographies)
     for split, split_rows in [*qa.items(), *((f"{TRAIN_DIR}/{s}", r) for s, r in train.items())]:
         write_jsonl(out / "qa" / f"{split}.jsonl", split_rows)
@@ -401,7 +402,7 @@ def prepare(cfg: dict, out_dir: str | Path) -> dict:
         "world_train_people": len({r["entity_id"] for r in qa["world_train"]}),
         "people": len(world.people),
         "real_authors": len(world.real_authors),
-        "drill_people": len(drill) - len(world.drill_writers),
+        "drill_people": len(drill),
         "drill_writers": len(world.drill_writers),
         "real_authors_asked": len({r["entity_id"] for r in qa["real_authors"]}),
         "attributes": {"people": list(PERSON_ATTRIBUTES), "authors": list(AUTHOR_ATTRIBUTES)},
