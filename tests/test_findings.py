@@ -67,7 +67,8 @@ def build(tmp_path, monkeypatch, **kw) -> Path:
 
 SENTENCE = re.compile(r"^- (?P<level>\S+) vs (?P<baseline>\S+)(?: \((?P<scope>[^)]+)\))?: (?P<label>.+?) (?P<mean_diff>[+-]\S+) "
                       r"\[(?P<diff_ci_low>\S+), (?P<diff_ci_high>\S+)\], Holm p = (?P<p_holm>\S+), "
-                      r"n = (?P<n_pairs>\d+) pairs(?: \((?P<n_excluded>\d+) pair\(s\) with a collapsed model "
+                      r"n = (?P<n_pairs>\d+) pairs(?: of (?P<unit>.+?) means \((?P<n_model_pairs>\d+) model pairs\))?"
+                      r"(?: \((?P<n_excluded>\d+) pair\(s\) with a collapsed model "
                       r"left out\))?(?P<untestable> \(not testable\))?$")
 
 
@@ -96,6 +97,7 @@ def test_every_number_of_findings_is_its_row_of_paired_tests(tmp_path, monkeypat
         for key in ("mean_diff", "diff_ci_low", "diff_ci_high", "p_holm"):  # 3 significant digits
             assert float(s[key]) == pytest.approx(row[key], rel=5e-3, abs=1e-300), (s, key)
         assert int(s["n_pairs"]) == row["n_pairs"]
+        assert (s["unit"], int(s["n_model_pairs"])) == (row["unit"], row["n_model_pairs"]) == ("split x seed", row["n_model_pairs"])
         assert int(s["n_excluded"] or 0) == row["n_excluded"]
         assert bool(s["untestable"]) == (not row["testable"])
     assert len(seen) == len(tests)
@@ -107,13 +109,18 @@ def test_every_number_of_findings_is_its_row_of_paired_tests(tmp_path, monkeypat
 def test_the_synthetic_study_says_what_its_tables_say(tmp_path, monkeypatch):
     root = build(tmp_path, monkeypatch)
     tests = pd.read_csv(root / "paired_tests.csv").set_index(["regularizer", "metric"])
-    # dropout's utility is higher on all 9 pairs: exact p 2/2^9; forget quality too, but the collapsed
-    # run's pair is left out of it: 8 pairs, p 2/2^8; Holm over dropout's 4 tests
-    assert tests.loc[("dropout", "model_utility"), "p_value"] == pytest.approx(2 / 512)
+    # the unit is the seed (its 3 methods unlearn one target): dropout's utility differences 0.02 + 0.001 k
+    # (k = 3 seed + method) average to 0.021, 0.024, 0.027 per seed; the t-test of those 3 means:
+    # t = 0.024 / (0.003 / sqrt 3), and with 2 df the two-sided p is 1 - t / sqrt(2 + t^2)
+    utility = tests.loc[("dropout", "model_utility")]
+    t = 0.024 / (0.003 / 3 ** 0.5)
+    assert (utility["n_pairs"], utility["n_model_pairs"]) == (3, 9)
+    assert utility["statistic"] == pytest.approx(t) and utility["p_value"] == pytest.approx(1 - t / (2 + t * t) ** 0.5)
+    # forget quality: decades 1 + 0.1 k, the collapsed run's pair (k = 8) left out: seed means 1.1, 1.4
+    # and (1.6 + 1.7) / 2 = 1.65; the effect is the mean of the unit means
     fq = tests.loc[("dropout", "forget_quality")]
-    assert fq["n_pairs"] == 8 and fq["n_excluded"] == 1 and fq["p_value"] == pytest.approx(2 / 256)
-    # by hand: decades 1 + 0.1 k over k = 0..8 without k = 8 (the collapsed pair): 1 + 0.1 * 28/8
-    assert fq["mean_diff"] == pytest.approx(1.35)
+    assert (fq["n_pairs"], fq["n_model_pairs"], fq["n_excluded"]) == (3, 8, 1)
+    assert fq["mean_diff"] == pytest.approx((1.1 + 1.4 + 1.65) / 3)
     assert (tests.xs("none_aa")["family"] == "aa_control").all() and not tests.xs("none_aa")["reject"].any()
     summary = pd.read_csv(root / "summary.csv")
     flagged = summary[summary["collapsed"] == 1][["regularizer", "method", "seed"]]
@@ -125,7 +132,7 @@ def test_the_synthetic_study_says_what_its_tables_say(tmp_path, monkeypatch):
     significant = [i for i, line in enumerate(lines) if line.startswith("- dropout") and "utility after" in line]
     not_significant = lines.index("## Not significant")
     assert significant and max(significant) < not_significant  # significant findings first
-    assert "- dropout vs none: log10 forget quality after unlearning +1.35 [" in text
+    assert "- dropout vs none: log10 forget quality after unlearning +1.38 [" in text
     assert "(1 pair(s) with a collapsed model left out)" in text
     aa = lines[lines.index("## A/A control"):]
     assert any(line.startswith("- none_aa vs none: model utility after unlearning") for line in aa)
@@ -136,7 +143,7 @@ def test_a_failed_aa_control_is_said_in_red(tmp_path, monkeypatch):
     root = build(tmp_path, monkeypatch, aa_shift=0.0)  # none_aa == none: then make it differ
     tests = pd.read_csv(root / "paired_tests.csv")
     assert not tests[tests["family"] == "aa_control"]["testable"].any()  # identical copies: nothing to test
-    # a copy whose utility is always higher: 9 of 9 pairs, p = 2/512, significant after Holm
+    # a copy whose utility is always higher: p = 2/512, significant after Holm
     tests.loc[(tests["regularizer"] == "none_aa") & (tests["metric"] == "model_utility"),
               ["testable", "p_value", "p_holm"]] = [True, 2 / 512, 4 * 2 / 512]
     lines = findings.sections(tests)
@@ -202,12 +209,14 @@ def test_every_number_of_the_path_findings_is_its_row_of_path_tests(tmp_path, mo
         assert (s["level"], s["baseline"]) == (row["path"], row["reference_path"]) == ("b", "a")
         for key in ("mean_diff", "diff_ci_low", "diff_ci_high", "p_holm"):
             assert float(s[key]) == pytest.approx(row[key], rel=5e-3, abs=1e-300), (s, key)
-        assert int(s["n_pairs"]) == row["n_pairs"]
-    # pooled over the 3 regularizers: 27 pairs, all 27 (distinct) steps differences positive: Wilcoxon's
-    # exact p = 2 / 2^27, a finding; by hand, the mean difference is the mean of 1 + k + 9 r, 5 + 9 = 14
+        assert (int(s["n_pairs"]), int(s["n_model_pairs"])) == (row["n_pairs"], row["n_model_pairs"])
+    # pooled over the 3 regularizers, the unit is the seed: the steps differences 1 + k + 9 r average, over
+    # the 3 methods (k = 3 seed + 0..2) and the 3 regularizers (r = 0..2), to 11 + 3 seed = 11, 14, 17:
+    # mean 14, sd 3, t = 14 / (3 / sqrt 3), and with 2 df p = 1 - t / sqrt(2 + t^2) (0.015): a finding
     steps = paths[(paths["regularizer"] == "all") & (paths["metric"] == "steps_to_threshold")].iloc[0]
-    assert steps["n_pairs"] == 27 and steps["p_value"] == pytest.approx(2 / 2 ** 27) and steps["reject"]
-    assert steps["mean_diff"] == pytest.approx(14.0)
+    t = 14 / (3 / 3 ** 0.5)
+    assert (steps["n_pairs"], steps["n_model_pairs"]) == (3, 27) and steps["reject"]
+    assert steps["p_value"] == pytest.approx(1 - t / (2 + t * t) ** 0.5) and steps["mean_diff"] == pytest.approx(14.0)
     text = (root / "findings.md").read_text()
     lines = text.splitlines()
     line = next(i for i, t in enumerate(lines) if t.startswith("- b vs a (all regularizers): steps to the oracle's"))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -189,25 +191,29 @@ def test_each_path_is_tested_against_the_reference_pooled_and_per_regularizer():
     for reg in ("none", "dropout"):
         for k, (method, seed) in enumerate((m, s) for m in ("ga", "npo") for s in (0, 1, 2)):
             rows.append({**unlearned("a", method, seed, forget_quality=0.5, model_utility=0.4), "regularizer": reg})
-            # path b: utility higher by 0.1 .. 0.6, forget quality lower by 10**(-0.1 k), for both regularizers
-            rows.append({**unlearned("b", method, seed, forget_quality=0.5 * 10 ** (-0.1 * (k + 1)),
-                                     model_utility=0.4 + 0.1 * (k + 1)), "regularizer": reg})
+            # path b: utility higher by 0.1 + 0.01 (k + 1), forget quality that many decades lower, for both
+            d = 0.1 + 0.01 * (k + 1)
+            rows.append({**unlearned("b", method, seed, forget_quality=0.5 * 10 ** -d, model_utility=0.4 + d),
+                         "regularizer": reg})
     table = path_report.path_tests(pd.DataFrame(rows), reference="a").set_index(["regularizer", "metric"])
     assert set(table["path"]) == {"b"} and set(table["reference_path"]) == {"a"}
     assert set(table.index.get_level_values("regularizer")) == {"all", "none", "dropout"}
-    for metric, sign in (("model_utility", 12), ("forget_quality", 0)):
-        # pooled over the regularizers: 12 pairs all of one sign, Wilcoxon's exact two-sided p = 2 / 2^12,
-        # Holm over the family's two tests (the two metrics)
-        row = table.loc[("all", metric)]
-        assert (row["n_pairs"], row["n_nonzero"], row["n_positive"], row["family"]) == (12, 12, sign, "path")
-        assert row["p_value"] == pytest.approx(2 / 2 ** 12) and row["p_holm"] == pytest.approx(2 * 2 / 2 ** 12)
-        assert row["reject"]
-        for reg in ("none", "dropout"):  # per regularizer: 6 pairs, p = 2 / 2^6, Holm over 2 regularizers x 2 metrics
+    # the unit is the seed: seed s has k = s and k = 3 + s, so its mean difference is 0.1 + 0.01 (s + 2.5)
+    # = 0.125, 0.135, 0.145 (pooled and per regularizer alike): t = 0.135 / (0.01 / sqrt 3), and with 2 df
+    # the two-sided p is 1 - t / sqrt(2 + t^2)
+    t = 0.135 / (0.01 / 3 ** 0.5)
+    p = 1 - t / (2 + t * t) ** 0.5
+    for metric, sign in (("model_utility", 3), ("forget_quality", 0)):
+        row = table.loc[("all", metric)]  # pooled: 12 model pairs a seed's 4; Holm over the family's 2 metrics
+        assert (row["n_pairs"], row["n_model_pairs"], row["n_positive"], row["family"]) == (3, 12, sign, "path")
+        assert row["p_value"] == pytest.approx(p) and row["p_holm"] == pytest.approx(2 * p) and row["reject"]
+        for reg in ("none", "dropout"):  # per regularizer: 6 model pairs, Holm over 2 regularizers x 2 metrics
             row = table.loc[(reg, metric)]
-            assert (row["n_pairs"], row["n_positive"], row["family"]) == (6, sign // 2, "path_by_regularizer")
-            assert row["p_value"] == pytest.approx(2 / 2 ** 6) and row["p_holm"] == pytest.approx(4 * 2 / 2 ** 6)
-            assert not row["reject"]
-    assert table.loc[("all", "forget_quality"), "mean_diff"] == pytest.approx(-0.35)  # the mean of -0.1 .. -0.6 (log10)
+            assert (row["n_pairs"], row["n_model_pairs"], row["n_positive"]) == (3, 6, sign)
+            assert row["family"] == "path_by_regularizer" and row["p_value"] == pytest.approx(p)
+            assert row["p_holm"] == pytest.approx(4 * p) and row["reject"]
+    assert table.loc[("all", "forget_quality"), "mean_diff"] == pytest.approx(-0.135)  # log10
+    assert table.loc[("all", "forget_quality"), "statistic"] == pytest.approx(-t)
 
 
 def write_evaluation(directory, record, forget_truth_ratios):
@@ -270,3 +276,14 @@ def test_collapse_is_judged_against_the_models_own_paths_oracle():
     flags = flag_collapsed(summary).set_index(["model", "path"])["collapsed"]
     assert flags[("unlearned", "a")] == 1.0  # both probs below path a's oracle forget prob, 0.5
     assert flags[("unlearned", "b")] == 0.0  # not below path b's, 0.1
+
+
+def test_a_stage_job_draws_its_seed_from_the_seed_and_its_stage_prefix():
+    # the authors stage of two paths gets two seeds, so the paths of one seed are independent replicates;
+    # a target and its oracle (one prefix) share theirs; a job outside training paths keeps the seed
+    from forgetlab.recipes.finetune import stage_seed
+    first, second = stage_seed(3, {"stages": "authors"}), stage_seed(3, {"stages": "world,authors"})
+    assert stage_seed(3, {}) == stage_seed(3, {"stages": None}) == 3
+    assert first == int(np.random.SeedSequence([3, zlib.crc32(b"authors")]).generate_state(1)[0])
+    assert len({first, second, stage_seed(4, {"stages": "authors"})}) == 3
+    assert stage_seed(3, {"stages": "authors", "role": "oracle"}) == first

@@ -106,7 +106,7 @@ def test_the_cross_path_tables(study):
     assert set(spread["method"]) == {"grad_ascent", "npo", "target"}
     tests = pd.read_csv(study / "path_tests.csv")
     assert set(tests["path"]) == {"world_authors"} and set(tests["reference_path"]) == {"authors_world"}
-    assert (tests["n_pairs"] == 4).all()  # 2 methods x 2 seeds
+    assert (tests["n_model_pairs"] == 4).all() and (tests["n_pairs"] == 2).all()  # 2 methods x 2 seeds; the seed is the unit
     cross = pd.read_csv(study / "cross_oracle.csv")
     assert len(cross) == 2 * 2 * 3 * 2  # seeds x model paths x (target, 2 methods) x oracle paths
     own = cross[cross["own_oracle"]].merge(

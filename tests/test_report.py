@@ -125,14 +125,20 @@ def test_paired_tests_of_the_synthetic_study(built):
     assert list(tests.columns) == TEST_COLUMNS and not tests.isna().any().any()
     assert len(tests) == 2 and set(tests["metric"]) == {"forget_quality", "model_utility"}
     assert (tests["regularizer"] == "dropout").all() and (tests["baseline"] == "none").all()
-    # pairs on (method, split, seed): 2 methods x 2 seeds, all four in dropout's favour
-    assert (tests["n_pairs"] == 4).all() and (tests["n_positive"] == 4).all() and tests["testable"].all()
+    # pairs on (method, split, seed), 2 methods x 2 seeds; the unit is the seed (its methods unlearn one
+    # target): 2 seed means, both in dropout's favour, t-tested
+    assert (tests["n_pairs"] == 2).all() and (tests["n_model_pairs"] == 4).all() and (tests["unit"] == "split x seed").all()
+    assert (tests["n_positive"] == 2).all() and tests["testable"].all()
     row = tests.set_index("metric")
-    assert row.loc["model_utility", "p_value"] == pytest.approx(2 / 16)  # exact: all 4 signs positive
+    # utility: seed means 0.05 and 0.06, t = 0.055 / (sd / sqrt 2) = 11; with 1 df (Cauchy) p = 1 - 2 atan(t) / pi
+    assert row.loc["model_utility", "statistic"] == pytest.approx(11.0)
+    assert row.loc["model_utility", "p_value"] == pytest.approx(1 - 2 * np.arctan(11.0) / np.pi)
     assert row.loc["model_utility", "mean_diff"] == pytest.approx(0.055)
-    assert row.loc["forget_quality", "mean_diff"] == pytest.approx(1.0)  # one decade better, log10
-    assert tests["p_holm"].tolist() == pytest.approx([0.25, 0.25])  # 2 * 1/8, then the running max
-    assert not tests["reject"].any()
+    # forget quality: exactly one decade better in both seeds (log10): no spread, p 0
+    assert row.loc["forget_quality", "mean_diff"] == pytest.approx(1.0) and row.loc["forget_quality", "p_value"] == 0.0
+    order = ["model_utility", "forget_quality"]  # Holm: 2 * 0, then the running max
+    assert row.loc[order, "p_holm"].tolist() == pytest.approx([1 - 2 * np.arctan(11.0) / np.pi, 0.0])
+    assert row.loc[order, "reject"].tolist() == [False, True]
 
 
 def test_trajectories_are_labelled_with_their_model(built):
@@ -153,7 +159,7 @@ def test_everything_goes_to_the_mlflow_report_run(built):
     run = client.search_runs([client.get_experiment_by_name("t").experiment_id])[0]
     assert run.data.tags["stage"] == "report" and run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == set(report.OUTPUTS)
-    assert run.data.metrics["test/dropout/model_utility/p_value"] == pytest.approx(0.125)
+    assert run.data.metrics["test/dropout/model_utility/p_value"] == pytest.approx(1 - 2 * np.arctan(11.0) / np.pi)
     assert run.data.metrics["test/dropout/forget_quality/testable"] == 1.0
 
 

@@ -1,5 +1,5 @@
-"""The report's statistics on hand-worked examples: Holm, the bootstrap CI, the Wilcoxon test, and
-the two tables built from them."""
+"""The report's statistics on hand-worked examples: Holm, the bootstrap CI, the Wilcoxon test, the
+t-test of unit means, and the two tables built from them."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from forgetlab.stats import (
     paired_test,
     paired_tests,
     seed_stats,
+    unit_t_test,
 )
 
 
@@ -206,3 +207,58 @@ def test_the_aa_control_is_a_holm_family_of_its_own():
     # 27 of the 64 sign patterns have W+ <= 9, so the exact two-sided p = 2 * 27/64
     assert both.loc["none_aa", "p_holm"] == both.loc["none_aa", "p_value"] == pytest.approx(54 / 64)
     assert not both.loc["none_aa", "reject"]
+
+
+# --- the t-test of unit means ---------------------------------------------------------------------
+def test_unit_t_test_by_hand_with_the_closed_form_t_distribution_of_3_degrees_of_freedom():
+    # d = 1, 2, 3, 6: mean 3, sd sqrt((4 + 1 + 0 + 9) / 3), t = 3 / (sd / 2)
+    out = unit_t_test([1.0, 2.0, 3.0, 6.0])
+    sd = np.sqrt(14 / 3)
+    t = 3 / (sd / 2)
+    # Student's t with 3 df: F(t) = 1/2 + (t / (sqrt(3) (1 + t^2/3)) + atan(t / sqrt(3))) / pi
+    cdf = 0.5 + (t / (np.sqrt(3) * (1 + t * t / 3)) + np.arctan(t / np.sqrt(3))) / np.pi
+    assert out["statistic"] == pytest.approx(t) and out["p_value"] == pytest.approx(2 * (1 - cdf))
+    assert (out["n_pairs"], out["n_positive"], out["testable"]) == (4, 4, True)
+    # the 95% t-interval: t_{0.975, 3} = 3.182446 (the table value)
+    assert (out["diff_ci_low"], out["diff_ci_high"]) == pytest.approx((3 - 3.182446 * sd / 2, 3 + 3.182446 * sd / 2))
+
+
+def test_unit_t_test_degenerate_samples():
+    assert not unit_t_test([0.5])["testable"] and unit_t_test([0.5])["p_value"] == 1.0
+    assert not unit_t_test([0.0, 0.0, 0.0])["testable"]
+    flat = unit_t_test([0.2, 0.2, 0.2])  # an effect with no spread: p 0, a zero-width interval
+    assert flat["testable"] and flat["p_value"] == 0.0 and flat["diff_ci_low"] == flat["diff_ci_high"] == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        unit_t_test([1.0, float("nan")])
+
+
+def unit_table():
+    """none vs dropout on 2 methods x 3 seeds; dropout's utility differences per (method, seed):
+    m0 0.01, 0.03, 0.05 and m1 0.03, 0.03, 0.07, so the seed means are 0.02, 0.03, 0.06."""
+    rows = []
+    diffs = {"m0": [0.01, 0.03, 0.05], "m1": [0.03, 0.03, 0.07]}
+    for method, ds in diffs.items():
+        for seed, d in enumerate(ds):
+            key = {"method": method, "split": "forget10", "seed": seed}
+            rows.append({**key, "regularizer": "none", "model_utility": 0.5})
+            rows.append({**key, "regularizer": "dropout", "model_utility": 0.5 + d})
+    return pd.DataFrame(rows)
+
+
+def test_paired_tests_with_units_average_the_methods_of_a_seed_and_t_test_the_seed_means():
+    tests = paired_tests(unit_table(), {"model_utility": "identity"}, units=["split", "seed"])
+    row = tests.iloc[0]
+    assert list(tests.columns) == TEST_COLUMNS and not tests.isna().any().any()
+    means = np.array([0.02, 0.03, 0.06])
+    sd = np.sqrt(((means - means.mean()) ** 2).sum() / 2)
+    t = means.mean() / (sd / np.sqrt(3))
+    # Student's t with 2 df: F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided p is 1 - t / sqrt(2 + t^2)
+    assert row["statistic"] == pytest.approx(t) and row["p_value"] == pytest.approx(1 - t / np.sqrt(2 + t * t))
+    assert (row["n_pairs"], row["n_model_pairs"], row["unit"], row["test"]) == (3, 6, "split x seed", "t_test_of_unit_means")
+    assert row["mean_diff"] == pytest.approx(0.11 / 3) and row["median_diff"] == pytest.approx(0.03)
+    # t_{0.975, 2} = 4.302653 (the table value)
+    half = 4.302653 * sd / np.sqrt(3)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((0.11 / 3 - half, 0.11 / 3 + half))
+    # without units the same table is 6 pairs of the Wilcoxon test: all positive, exact p 2/64
+    pairs = paired_tests(unit_table(), {"model_utility": "identity"}).iloc[0]
+    assert (pairs["n_pairs"], pairs["unit"], pairs["p_value"]) == (6, "pair", pytest.approx(2 / 64))

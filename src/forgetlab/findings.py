@@ -3,10 +3,10 @@
 One sentence per comparison (a regularizer against the baseline) and headline metric, every number
 taken from its row of paired_tests.csv and printed to 3 significant digits:
 
-    dropout vs none: log10 forget quality after unlearning +1.3 [0.4, 2.1], Holm p = 0.03, n = 18 pairs
+    dropout vs none: log10 forget quality after unlearning +1.3 [0.4, 2.1], Holm p = 0.03, n = 6 pairs of path x split x seed means (12 model pairs)
 
-(the mean paired difference on the tested scale, its 95% bootstrap CI, the Holm-corrected p-value
-and the number of pairs). Significant findings (Holm p <= alpha) come first, then the others; the
+(the mean paired difference on the tested scale, its 95% CI, the Holm-corrected p-value and the
+number of pairs: of independent units' means, a unit's methods averaged, when the tests have units). Significant findings (Holm p <= alpha) come first, then the others; the
 A/A control (family "aa_control" of the tests) has its own section, always present: its lines, a
 **A/A control FAILED** line (red in the HTML) when any of its tests is significant, or a line
 saying that the study ran no A/A control. A forget-quality test leaves out the pairs with a
@@ -16,7 +16,7 @@ The compared factor is a column of the tests table (`factor`, "regularizer" by d
 training paths the report also passes path_tests.csv (`paths`): each path against the reference
 path, over all regularizers and per regularizer, one sentence per metric in the same sections, e.g.
 
-    world_authors vs authors_world (all regularizers): steps to the oracle's forget prob. +14 [11, 16], Holm p = 0.0002, n = 18 pairs
+    world_authors vs authors_world (all regularizers): steps to the oracle's forget prob. +14 [11, 16], Holm p = 0.004, n = 3 pairs of split x seed means (18 model pairs)
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def sentence(row: dict, factor: str = "regularizer") -> str:
     text = (f"{row[factor]} vs {row['baseline']}{scope}: {LABELS.get(row['metric'], row['metric'])} "
             f"{number(row['mean_diff'], sign=True)} [{number(row['diff_ci_low'])}, {number(row['diff_ci_high'])}], "
             f"Holm p = {number(row['p_holm'])}, n = {int(row['n_pairs'])} pairs")
+    if isinstance(row.get("unit"), str) and row["unit"] != "pair":  # the pairs are units' means (stats.paired_tests)
+        text += f" of {row['unit']} means ({int(row['n_model_pairs'])} model pairs)"
     if row.get("n_excluded"):
         text += f" ({int(row['n_excluded'])} pair(s) with a collapsed model left out)"
     if not row["testable"]:
@@ -96,8 +98,9 @@ def aa_failed(lines: dict[str, list[str]]) -> bool:
 def markdown(study: str, lines: dict[str, list[str]]) -> str:
     head = [f"# Findings of study {study}", "",
             "Written by `forgetlab report` from paired_tests.csv: the mean paired difference (regularizer "
-            "minus baseline, on the tested scale) [95% bootstrap CI], the Holm-corrected p-value, and the "
-            "number of pairs (docs/metrics.md).", ""]
+            "minus baseline, on the tested scale) [95% CI], the Holm-corrected p-value, and the number of "
+            "pairs: with training paths or several methods, of independent units' means (a unit's methods "
+            "averaged; docs/metrics.md).", ""]
     if aa_failed(lines):
         head += [f'<span style="color: red">{FAILED}: see the A/A control below.</span>', ""]
     body = []

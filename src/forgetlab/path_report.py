@@ -5,13 +5,13 @@ The summary then has a `path` column; the first path of the config's `paths:` is
 * ``spread``: per (regularizer, method, split, seed), the spread over paths (max - min, and the
   sample sd) of forget quality (log10), model utility, steps_to_threshold and relearn_recovery;
   `method` is `target` for the fine-tuned target (steps_to_threshold is the unlearned models' only);
-* ``path_tests``: each path against the reference path, per metric: the Wilcoxon signed-rank test
-  on unlearned models (forgetlab.stats, factor `path`; collapsed pairs left out of forget quality),
-  once over every regularizer entry (`regularizer` "all", pairs matched on (regularizer, method,
-  split, seed): the primary test, family "path") and once per regularizer (pairs matched on
-  (method, split, seed), family "path_by_regularizer": whether the effect holds for each); Holm's
-  correction within each family. Per regularizer the default study has 6 pairs, whose smallest
-  two-sided p is 2/64: the pooled test is the one that can reach a finding;
+* ``path_tests``: each path against the reference path, per metric, on unlearned models
+  (forgetlab.stats.paired_tests, factor `path`; collapsed pairs left out of forget quality): once
+  over every regularizer entry (`regularizer` "all": the primary test, family "path") and once per
+  regularizer (family "path_by_regularizer": whether the effect holds for each); Holm's correction
+  within each family. The unit is the seed (UNITS): the entries of one seed share their stages'
+  seeds (none and dropout see one data order), so the differences are averaged over the methods
+  and regularizer entries of a seed, and the t-test runs on the seed means (3 in the default study);
 * ``cross_oracle``: the forget quality of path A's unlearned model (and target) against path B's
   oracle, from the two evaluations' per-sample forget truth ratios (the forget_quality metric, a
   KS test); the diagonal (A = B) is the summary's own forget quality;
@@ -34,6 +34,7 @@ from forgetlab import stats
 PATH = "path"
 ALL = "all"  # the regularizer of the path tests pooled over every regularizer entry
 KEYS = ["regularizer", "method", "split", "seed"]
+UNITS = ("split", "seed")  # the independent replicates of the path tests: a seed's differences are averaged
 MEASURED = {"forget_quality": "log10", "model_utility": "identity", "steps_to_threshold": "identity",
             "relearn_recovery": "identity"}  # metric -> the scale it is compared on
 MASS = {"forget_prob": "forget answer", "forget_paraphrased_prob": "paraphrased answer",
@@ -99,11 +100,11 @@ def path_tests(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
     parts = []
     if len(unlearned):
         pooled = stats.paired_tests(unlearned, tested, baseline=reference, keys=("regularizer", "method", "split", "seed"),
-                                    factor=PATH, exclude=exclude)
+                                    factor=PATH, exclude=exclude, units=UNITS)
         parts.append(pooled.rename(columns={"baseline": "reference_path"}).assign(regularizer=ALL, family=PATH))
     for reg, rows in unlearned.groupby("regularizer", sort=True):
         table = stats.paired_tests(rows, tested, baseline=reference, keys=("method", "split", "seed"), factor=PATH,
-                                   exclude=exclude)
+                                   exclude=exclude, units=UNITS)
         parts.append(table.rename(columns={"baseline": "reference_path"}).assign(regularizer=reg,
                                                                                 family="path_by_regularizer"))
     if not parts:

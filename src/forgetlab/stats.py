@@ -4,10 +4,14 @@ Three small components, each usable on its own:
 
 * ``bootstrap_ci(values)``: the mean and a percentile bootstrap CI of the mean (numpy, seeded);
 * ``paired_test(a, b)``: the Wilcoxon signed-rank test of the paired differences a - b;
+* ``unit_t_test(d)``: the one-sample t-test of per-unit mean differences, with its t-interval;
 * ``holm(pvalues)``: Holm's step-down adjustment of a family of p-values.
 
 and two table builders used by ``forgetlab report``: ``seed_stats`` (mean and CI per
 regularizer, method, split and metric) and ``paired_tests`` (each regularizer against a baseline).
+The report's pairs are not all independent: the methods of one (seed, path) unlearn the same
+target, so ``paired_tests(units=...)`` first averages the differences within each independent
+unit (a fine-tuned target: seed x path) and tests the unit means (docs/metrics.md, "Statistics").
 None of them ever returns NaN: a sample of one gives a zero-width CI and says so through
 ``n_seeds``; a comparison without enough non-zero differences is marked ``testable = False``
 with p-value 1 and stays out of the Holm family.
@@ -29,9 +33,10 @@ MIN_PAIRS = 2  # non-zero differences needed for a test; fewer: "not testable"
 
 STATS_COLUMNS = ["regularizer", "method", "split", "metric", "n_seeds", "mean", "ci_low", "ci_high"]
 TEST = "wilcoxon_signed_rank"
+UNIT_TEST = "t_test_of_unit_means"  # paired_tests with units
 TEST_COLUMNS = ["regularizer", "baseline", "metric", "scale", "test", "n_pairs", "n_nonzero", "n_positive",
                 "mean_diff", "median_diff", "diff_ci_low", "diff_ci_high", "statistic", "p_value",
-                "p_holm", "reject", "testable", "note", "family", "n_excluded"]
+                "p_holm", "reject", "testable", "note", "family", "n_excluded", "unit", "n_model_pairs"]
 AA_FAMILY = "aa_control"  # the family of the A/A control's tests (Holm-corrected on their own)
 
 
@@ -82,6 +87,31 @@ def paired_test(a: Sequence[float], b: Sequence[float], min_pairs: int = MIN_PAI
     result = sps.wilcoxon(nonzero, alternative="two-sided")
     return {**out, "statistic": float(result.statistic), "p_value": float(result.pvalue), "testable": True,
             "note": f"tested on {len(nonzero)} non-zero differences"}
+
+
+def unit_t_test(d: Sequence[float], confidence: float = CONFIDENCE, min_units: int = MIN_PAIRS) -> dict:
+    """Two-sided one-sample t-test of the unit differences d against 0 (scipy.stats.ttest_1samp),
+    and the t-interval of their mean: mean +- t_{(1+confidence)/2, n-1} * sd / sqrt(n).
+
+    With fewer than min_units units, or every difference 0, there is nothing to test (testable
+    False, p 1). Equal non-zero differences (no spread) are an effect the t statistic cannot size:
+    p 0 and a zero-width interval, said in the note."""
+    d = np.asarray(d, dtype=float)
+    if d.ndim != 1 or not np.isfinite(d).all():
+        raise ValueError(f"unit_t_test needs a 1-d sample of finite values, got {d!r}")
+    n, mean = len(d), float(d.mean()) if len(d) else 0.0
+    out = {"n_pairs": n, "n_nonzero": int((d != 0).sum()), "n_positive": int((d > 0).sum()),
+           "diff_ci_low": mean, "diff_ci_high": mean}
+    if n < min_units or not (d != 0).any():
+        why = "no pairs" if n == 0 else (f"{n} unit(s) < {min_units}" if n < min_units else "every difference 0")
+        return {**out, "statistic": 0.0, "p_value": 1.0, "testable": False, "note": f"not testable: {why}"}
+    if np.ptp(d) == 0:
+        return {**out, "statistic": float(np.copysign(np.inf, mean)), "p_value": 0.0, "testable": True,
+                "note": f"{n} units, every difference {mean:.3g} (no spread)"}
+    result = sps.ttest_1samp(d, 0.0)
+    half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * float(d.std(ddof=1)) / np.sqrt(n)
+    return {**out, "statistic": float(result.statistic), "p_value": float(result.pvalue), "testable": True,
+            "diff_ci_low": mean - half, "diff_ci_high": mean + half, "note": f"t-test of {n} unit means"}
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -141,7 +171,8 @@ SCALES = {"identity": lambda v: np.asarray(v, dtype=float), "log10": log10_clipp
 def paired_tests(wide: pd.DataFrame, metrics: dict[str, str], baseline: str = "none",
                  keys: Sequence[str] = ("method", "split", "seed"), alpha: float = ALPHA,
                  n_boot: int = N_BOOT, seed: int = SEED, factor: str = "regularizer",
-                 aa_controls: Sequence[str] = (), exclude: dict[str, str] | None = None) -> pd.DataFrame:
+                 aa_controls: Sequence[str] = (), exclude: dict[str, str] | None = None,
+                 units: Sequence[str] | None = None) -> pd.DataFrame:
     """Each level of `factor` (a regularizer) against `baseline`, per metric, on pairs matched on `keys`.
 
     wide: one row per unlearned model (factor + keys) with a column per metric. metrics maps a
@@ -151,6 +182,12 @@ def paired_tests(wide: pd.DataFrame, metrics: dict[str, str], baseline: str = "n
     levels named in aa_controls are the A/A control (family "aa_control"), the rest family
     `factor`; Holm's correction runs over the testable rows of each family separately, so adding
     the control leaves the other tests' p_holm unchanged. The output's first column is `factor`.
+
+    units (a subset of keys, e.g. path, split, seed): the independent replicates. The differences
+    of the pairs are averaged within each unit (over the other keys, e.g. the methods that unlearn
+    one target) and unit_t_test tests the unit means: n_pairs counts units, n_model_pairs the
+    pairs averaged, and the CI is the t-interval. Without units every pair is its own unit and
+    the Wilcoxon test (paired_test) with a bootstrap CI is used.
     """
     rows = []
     keys, exclude = list(keys), exclude or {}
@@ -166,18 +203,26 @@ def paired_tests(wide: pd.DataFrame, metrics: dict[str, str], baseline: str = "n
                        if flag else pd.Series(False, index=pairs.index))
             pairs = pairs[~dropped]
             a, b = SCALES[scale](pairs[metric]), SCALES[scale](pairs[f"{metric}_base"])
-            test = paired_test(a, b)
+            if units:
+                d = pairs[list(units)].assign(d=a - b).groupby(list(units), sort=True)["d"].mean().to_numpy()
+                test = unit_t_test(d)
+            else:
+                d = a - b
+                test = paired_test(a, b)
+                test["diff_ci_low"], test["diff_ci_high"] = (bootstrap_ci(d, n_boot, seed=seed)[1:] if len(d)
+                                                              else (0.0, 0.0))
             if flag and dropped.any():
                 test["note"] += f"; {int(dropped.sum())} pair(s) with a {flag[0]} model left out"
-            d = a - b
-            mean, low, high = bootstrap_ci(d, n_boot, seed=seed) if len(d) else (0.0, 0.0, 0.0)
-            rows.append({factor: level, "baseline": baseline, "metric": metric, "scale": scale, "test": TEST, **test,
-                         "mean_diff": mean, "median_diff": float(np.median(d)) if len(d) else 0.0,
-                         "diff_ci_low": low, "diff_ci_high": high,
-                         "family": AA_FAMILY if level in aa_controls else factor, "n_excluded": int(dropped.sum())})
+            rows.append({factor: level, "baseline": baseline, "metric": metric, "scale": scale,
+                         "test": UNIT_TEST if units else TEST, **test,
+                         "mean_diff": float(d.mean()) if len(d) else 0.0,
+                         "median_diff": float(np.median(d)) if len(d) else 0.0,
+                         "family": AA_FAMILY if level in aa_controls else factor, "n_excluded": int(dropped.sum()),
+                         "unit": " x ".join(units) if units else "pair", "n_model_pairs": int(len(pairs))})
     table = holm_by_family(pd.DataFrame(rows, columns=[factor, *TEST_COLUMNS[1:]]), alpha)
     for col in ("testable", "reject"):
         table[col] = table[col].astype(bool)
-    table["n_excluded"] = table["n_excluded"].astype(int)
+    for col in ("n_excluded", "n_model_pairs"):
+        table[col] = table[col].astype(int)
     assert not table.isna().any().any(), "paired_tests produced NaN"
     return table

@@ -3,12 +3,15 @@ oracle with one study entry's regularizers. Target and oracle share every settin
 An entry's `data_order_seed` reshuffles the training data (and nothing else): the A/A control.
 A stage of a training path (forgetlab.paths) starts from the previous stage's model (`--pretrained`)
 and trains on its own QA split with its own settings; the entry's regularizers apply in every stage.
+Its seed is drawn from (seed, stage prefix) (stage_seed), so that two paths' runs of one stage are
+independent draws and each (seed, path) is a replicate of the report's tests.
 A muse study trains on raw text instead of QA (training_examples)."""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from zlib import crc32
 
 import numpy as np
 
@@ -52,9 +55,20 @@ def training_examples(params: dict, tokenizer, data_dir: Path, max_length: int) 
     return examples, [qa_file]
 
 
+def stage_seed(seed: int, params: dict) -> int:
+    """The seed of a training path's stage job (params `stages`, its prefix "a,b"): one derived from
+    (seed, crc32 of the prefix) by numpy's SeedSequence. The same stage in two paths (the authors
+    stage of authors,world and of world,authors) then draws its own data order and dropout masks,
+    so that the paths of one seed are independent replicates (forgetlab.stats.paired_tests' units);
+    the jobs that share a prefix (and a target and its oracle) share the seed. Without paths: `seed`."""
+    prefix = params.get("stages")
+    return seed if not prefix else int(np.random.SeedSequence([seed, crc32(prefix.encode())]).generate_state(1)[0])
+
+
 def ingredient_settings(params: dict) -> tuple[int, dict]:
-    """The seed and train settings of this job: a soup's ingredient varies its seed or lr."""
-    seed, train_cfg = params["seed"], dict(params["train"])
+    """The seed and train settings of this job: a soup's ingredient varies its seed or lr; a
+    training path's stage its seed (stage_seed)."""
+    seed, train_cfg = stage_seed(params["seed"], params), dict(params["train"])
     if params.get("ingredient") is not None:
         seed, train_cfg["lr"] = Soup(**params["soup"]).ingredient(params["ingredient"], seed, train_cfg["lr"])
     return seed, train_cfg
@@ -95,7 +109,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
                       hooks=regularizers, context=TrainContext(total_steps=steps, probe=probe), log=ckpt.log,
                       desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"),
                       strategy=distributed.strategy(params))
-        mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps})
+        mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps, "train_seed": seed,
+                           "loader_seed": loader_seed(seed, params)})
         for reg in regularizers:
             mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})
         save_model(model, tokenizer, tmp)

@@ -10,8 +10,9 @@ Tables (CSV, and parquet where noted):
   stats        mean and 95% bootstrap CI over seeds per (regularizer, method, split, metric) (parquet too);
                `method` is the unlearning method, or `target`/`oracle` for the fine-tuned models
   paired_tests each regularizer against `none` on forget_quality (log10; pairs with a collapsed model
-               left out), model_utility and the matched comparison's metrics where present: a Wilcoxon
-               signed-rank test on pairs matched on (method, split, seed), Holm-corrected per family
+               left out), model_utility and the matched comparison's metrics where present: pairs
+               matched on (path, method, split, seed), their differences averaged per target (path,
+               split, seed) and t-tested over those units (forgetlab.stats), Holm-corrected per family
                (the regularizers; the A/A control, params `aa_controls`, on its own) (parquet too)
   findings     findings.md / findings.html: one sentence per test (forgetlab.findings)
   trajectories every recorded unlearning step of every unlearned model
@@ -170,11 +171,12 @@ def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired(summary: pd.DataFrame, aa_controls=()) -> pd.DataFrame:
-    """Each regularizer against the baseline; with training paths, pairs also match on the path."""
+    """Each regularizer against the baseline; with training paths, pairs also match on the path.
+    The unit of the test is a target (path, split, seed): its methods' differences are averaged."""
     tested = {m: scale for m, scale in TESTED.items() if m in summary}
-    keys = (["path"] if "path" in summary else []) + ["method", "split", "seed"]
-    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE, keys=keys,
-                              aa_controls=aa_controls, exclude=EXCLUDE_COLLAPSED)
+    units = (["path"] if "path" in summary else []) + ["split", "seed"]
+    return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE,
+                              keys=[*units, "method"], aa_controls=aa_controls, exclude=EXCLUDE_COLLAPSED, units=units)
 
 
 def write_findings(study: str, tests: pd.DataFrame, tmp: Path, path_tests: pd.DataFrame | None = None) -> None:
