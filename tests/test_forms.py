@@ -69,17 +69,20 @@ def stats_of(*probs: float) -> TokenStats:
 # ----------------------------------------------------------------------------- the metric
 
 def table(forget: list[tuple], retain_prob: float = 0.9) -> pd.DataFrame:
+    """Forget rows (p_orig, p_para, p_cloze, p_mc, correct[, v_cloze]); v_cloze defaults to p_cloze^2
+    (a value of two tokens)."""
     rows = [dict(split="forget", id=f"f{i}", prob=p, form_paraphrased_prob=pp, form_cloze_prob=pc,
-                 form_mc_option_prob=pm, form_mc_correct=c) for i, (p, pp, pc, pm, c) in enumerate(forget)]
+                 form_cloze_value_prob=(rest[0] if rest else pc * pc), form_mc_option_prob=pm, form_mc_correct=c)
+            for i, (p, pp, pc, pm, c, *rest) in enumerate(forget)]
     rows.append(dict(split="retain", id="r0", prob=retain_prob, **dict.fromkeys(FORM_COLUMNS, math.nan)))
     return pd.DataFrame(rows)
 
 
 def test_metric_hand_worked():
-    got = compute_metrics(["form_robustness"], table([(0.5, 0.4, 0.2, 0.7, 1.0), (0.3, 0.6, 0.1, 0.3, 0.0)]))
+    got = compute_metrics(["form_robustness"], table([(0.5, 0.4, 0.2, 0.7, 1.0, 0.03), (0.3, 0.6, 0.1, 0.3, 0.0, 0.01)]))
     assert got == pytest.approx({
         "form_original_forget_prob": 0.4, "form_paraphrased_forget_prob": 0.5, "form_cloze_forget_prob": 0.15,
-        "form_mc_forget_option_prob": 0.5, "form_mc_forget_accuracy": 0.5, "form_worst_forget_prob": 0.5,
+        "form_cloze_value_forget_prob": 0.02, "form_mc_forget_option_prob": 0.5, "form_mc_forget_accuracy": 0.5, "form_worst_forget_prob": 0.5,
     }, abs=1e-12)
 
 
@@ -107,11 +110,13 @@ def test_metric_on_a_table_without_the_columns():
 
 def test_form_scores_hand_worked():
     row = {"mc_answer_index": 1}
-    # paraphrase: tokens 0.5 and 0.8 -> sqrt(0.4); cloze 0.3; options 0.2, 0.6, 0.1, 0.1
-    got = form_scores(row, [stats_of(0.5, 0.8), stats_of(0.3), stats_of(0.2), stats_of(0.6, 0.6),
+    # paraphrase: tokens 0.5 and 0.8 -> sqrt(0.4); cloze: tokens 0.6 and 0.15 -> sqrt(0.09) = 0.3 per
+    # token, and 0.6 * 0.15 = 0.09 for the value; options 0.2, 0.6, 0.1, 0.1
+    got = form_scores(row, [stats_of(0.5, 0.8), stats_of(0.6, 0.15), stats_of(0.2), stats_of(0.6, 0.6),
                             stats_of(0.1), stats_of(0.1)])
     assert got == pytest.approx({"form_paraphrased_prob": math.sqrt(0.4), "form_cloze_prob": 0.3,
-                                 "form_mc_option_prob": 0.6, "form_mc_correct": 1.0}, abs=1e-12)
+                                 "form_cloze_value_prob": 0.09, "form_mc_option_prob": 0.6, "form_mc_correct": 1.0},
+                                abs=1e-12)
     tie = form_scores({"mc_answer_index": 0}, [stats_of(0.5), stats_of(0.5), stats_of(0.4), stats_of(0.4)])
     assert tie["form_mc_option_prob"] == pytest.approx(0.5) and tie["form_mc_correct"] == 0.0
 
@@ -202,12 +207,12 @@ def forget_rows(smoke_data):
     return [json.loads(line) for line in lines]
 
 
-def one_prob(model, tok, question: str, answer: str) -> float:
+def one_prob(model, tok, question: str, answer: str, per_token: bool = True) -> float:
     enc = encode_qa(tok, question, answer)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits
     logp, mask = token_logprobs(logits, torch.tensor([enc["labels"]]))
-    return math.exp(float(logp.sum() / mask.sum()))
+    return math.exp(float(logp.sum() / (mask.sum() if per_token else 1)))
 
 
 def test_batched_scoring_matches_one_sequence_at_a_time(model_tok, forget_rows):
@@ -221,6 +226,8 @@ def test_batched_scoring_matches_one_sequence_at_a_time(model_tok, forget_rows):
         true = options[r["mc_answer_index"]]
         assert g["form_paraphrased_prob"] == pytest.approx(probs[0], abs=1e-6)
         assert g["form_cloze_prob"] == pytest.approx(probs[1], abs=1e-6)
+        value = one_prob(model, tok, r["cloze_question"], r["cloze_answer"], per_token=False)
+        assert g["form_cloze_value_prob"] == pytest.approx(value, rel=1e-5) and value < probs[1]
         assert g["form_mc_option_prob"] == pytest.approx(true / sum(options), abs=1e-6)
         others = [p for k, p in enumerate(options) if k != r["mc_answer_index"]]
         assert g["form_mc_correct"] == float(true > max(others))
