@@ -125,3 +125,8 @@ def test_mlflow_runs_carry_the_path(study):
     assert all(r.data.params["path"] == r.data.tags["path"] for r in unlearn)
     stages = Counter(r.data.tags["stages"] for r in runs if r.data.tags["stage"] == "finetune")
     assert stages == {"authors": 4, "authors,world": 4, "world": 2, "world,authors": 4}
+    # each stage job trained with the seed drawn from (seed, its prefix), logged with its data-order seed
+    from forgetlab.recipes.finetune import stage_seed
+    for run in (r for r in runs if r.data.tags["stage"] == "finetune"):
+        seed = stage_seed(int(run.data.params["seed"]), {"stages": run.data.tags["stages"]})
+        assert run.data.metrics["train_seed"] == seed == run.data.metrics["loader_seed"], run.data.tags

@@ -94,8 +94,10 @@ def unit_t_test(d: Sequence[float], confidence: float = CONFIDENCE, min_units: i
     and the t-interval of their mean: mean +- t_{(1+confidence)/2, n-1} * sd / sqrt(n).
 
     With fewer than min_units units, or every difference 0, there is nothing to test (testable
-    False, p 1). Equal non-zero differences (no spread) are an effect the t statistic cannot size:
-    p 0 and a zero-width interval, said in the note."""
+    False, p 1). Equal non-zero differences (no spread, e.g. a step count that moved by the same
+    whole number in every seed) leave the t statistic undefined: then p is the exact sign-flip
+    test's, 2 / 2^n (the n equal signs are 2 of the 2^n equally likely sign patterns under the
+    null), with a zero-width interval, said in the note."""
     d = np.asarray(d, dtype=float)
     if d.ndim != 1 or not np.isfinite(d).all():
         raise ValueError(f"unit_t_test needs a 1-d sample of finite values, got {d!r}")
@@ -106,8 +108,8 @@ def unit_t_test(d: Sequence[float], confidence: float = CONFIDENCE, min_units: i
         why = "no pairs" if n == 0 else (f"{n} unit(s) < {min_units}" if n < min_units else "every difference 0")
         return {**out, "statistic": 0.0, "p_value": 1.0, "testable": False, "note": f"not testable: {why}"}
     if np.ptp(d) == 0:
-        return {**out, "statistic": float(np.copysign(np.inf, mean)), "p_value": 0.0, "testable": True,
-                "note": f"{n} units, every difference {mean:.3g} (no spread)"}
+        return {**out, "statistic": float(np.copysign(np.inf, mean)), "p_value": 2.0 / 2 ** n, "testable": True,
+                "note": f"{n} units, every difference {mean:.3g} (no spread): the exact sign-flip p 2/2^{n}"}
     result = sps.ttest_1samp(d, 0.0)
     half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * float(d.std(ddof=1)) / np.sqrt(n)
     return {**out, "statistic": float(result.statistic), "p_value": float(result.pvalue), "testable": True,
