@@ -1,6 +1,6 @@
 """Statistics of the report: seed-level bootstrap CIs, a paired test against a baseline, Holm.
 
-Three small components, each usable on its own:
+Four small components, each usable on its own:
 
 * ``bootstrap_ci(values)``: the mean and a percentile bootstrap CI of the mean (numpy, seeded);
 * ``paired_test(a, b)``: the Wilcoxon signed-rank test of the paired differences a - b;
