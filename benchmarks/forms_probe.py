@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ["split_means", "form_robustness", "world_facts_option_accuracy", "real_authors_option_accuracy",
            "model_utility_lik"]
 SHOWN = ["form_mc_forget_accuracy", "form_original_forget_prob", "form_paraphrased_forget_prob",
-         "form_cloze_forget_prob", "form_cloze_value_forget_prob", "retain_prob", "world_facts_option_accuracy", "real_authors_option_accuracy",
-         "model_utility_lik"]
+         "form_cloze_forget_prob", "form_cloze_value_forget_prob", "retain_prob", "world_facts_option_accuracy",
+         "real_authors_option_accuracy", "model_utility_lik"]
 
 
 def probe_config(config: dict, sets: list[str], study: str | None) -> dict:

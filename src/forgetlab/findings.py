@@ -6,8 +6,8 @@ taken from its row of paired_tests.csv and printed to 3 significant digits:
     dropout vs none: log10 forget quality after unlearning +1.3 [0.4, 2.1], Holm p = 0.03, n = 6 pairs of path x split x seed means (12 model pairs)
 
 (the mean paired difference on the tested scale, its 95% CI, the Holm-corrected p-value and the
-number of pairs: of independent units' means, a unit's methods averaged, when the tests have units). Significant findings (Holm p <= alpha) come first, then the others; the
-A/A control (family "aa_control" of the tests) has its own section, always present: its lines, a
+number of pairs: of independent units' means, a unit's methods averaged, when the tests have
+units). Significant findings (Holm p <= alpha) come first, then the others; the A/A control (family "aa_control" of the tests) has its own section, always present: its lines, a
 **A/A control FAILED** line (red in the HTML) when any of its tests is significant, or a line
 saying that the study ran no A/A control. A forget-quality test leaves out the pairs with a
 collapsed model (forgetlab.stats.paired_tests' `exclude`); its sentence says how many.

@@ -37,7 +37,8 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
   have no rows in corpus.jsonl, and their answers were never trained on concatenated.
 * form robustness (ORT), on the forget split only (NaN elsewhere, and on rows without form
   fields): ``form_paraphrased_prob``, ``form_cloze_prob``, ``form_cloze_value_prob``,
-  ``form_mc_option_prob`` and ``form_mc_correct``, the fact asked in forms never trained on (see `forgetlab.eval.forms`).
+  ``form_mc_option_prob`` and ``form_mc_correct``, the fact asked in forms never trained on (see
+  `forgetlab.eval.forms`).
 
 One forward pass per padded batch yields every likelihood value (answers, paraphrases and
 perturbations of all rows together; a row's answers packed after its prompt, which runs once:

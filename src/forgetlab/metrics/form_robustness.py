@@ -5,8 +5,8 @@ than the trained QA form.
 Per forget row (see `forgetlab.eval.forms`; all probabilities are exp(-mean answer-token NLL)):
 p_orig = P(a | q)^(1/|a|) (``prob``), p_para = P(a | q̃)^(1/|a|) with q̃ the paraphrased question,
 p_cloze = P(v | fill-in-the-blank statement)^(1/|v|) with v the value, v_cloze = P(v | that
-statement) (not length-normalised: the probability of filling in exactly the value), and over the k options
-o_j of the multiple-choice question m, p_mc = p_* / Σ_j p_j (p_j = P(o_j | m)^(1/|o_j|), p_* the
+statement) (not length-normalised: the probability of filling in exactly the value), and over
+the k options o_j of the multiple-choice question m, p_mc = p_* / Σ_j p_j (p_j = P(o_j | m)^(1/|o_j|), p_* the
 true option's) and correct = [p_* > max_{j≠*} p_j]. The metric returns the forget-split means
 
     form_original_forget_prob     = mean p_orig
@@ -20,9 +20,10 @@ true option's) and correct = [p_* > max_{j≠*} p_j]. The metric returns the for
 
 The worst case is the form that leaks most: the largest mean forget probability. It is taken
 over the three generative forms only, which share one scale (the length-normalised probability
-of the answer given a prompt; the value probability is on another scale and stays out). The multiple-choice option probability is a share among k listed
-options with chance level 1/k, so it would dominate a maximum at chance and say nothing; it is
-reported on its own, with its accuracy. ORT reports each form separately and asks that forgetting
+of the answer given a prompt; the value probability is on another scale and stays out). The
+multiple-choice option probability is a share among k listed options with chance level 1/k,
+so it would dominate a maximum at chance and say nothing; it is reported on its own, with its
+accuracy. ORT reports each form separately and asks that forgetting
 hold in all of them; the maximum is this study's single-number summary of that.
 
 The value probability is the fill-in-the-blank's knowledge measure (the issue's target / oracle

@@ -97,7 +97,8 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
         model = checkpointing(load_model(pretrained, distributed.load_device(params), **attention(params)), params)
         cfg = TrainConfig(**train_cfg)
         examples, files = training_examples(params, tokenizer, data_dir, cfg.max_length)
-        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, loader_seed(seed, params), device(),
+        order_seed = loader_seed(seed, params)
+        loader = Loader(examples, cfg.batch_size, tokenizer.pad_token_id, order_seed, device(),
                         group_by_length=cfg.group_by_length, megabatch=cfg.length_megabatch)
         steps = num_steps(cfg, len(loader))
         tokens_per_batch = token_norm(examples, len(loader)) if cfg.token_weighted else None
@@ -110,7 +111,7 @@ def run(params: dict, pretrained: Path, data_dir: Path, out: Path) -> None:
                       desc=f"finetune {params['role']}", checkpoint=ckpt, precision=params.get("precision", "auto"),
                       strategy=distributed.strategy(params))
         mlrun.log_metrics({"train_examples": len(examples), "train_steps": steps, "train_seed": seed,
-                           "loader_seed": loader_seed(seed, params)})
+                           "loader_seed": order_seed})
         for reg in regularizers:
             mlrun.log_metrics({f"{reg.name}.{k}": v for k, v in reg.summary().items()})
         save_model(model, tokenizer, tmp)
