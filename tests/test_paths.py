@@ -15,7 +15,7 @@ import yaml
 
 from forgetlab import path_report
 from forgetlab.config import ConfigError, check_config, stage_params, validate_schema
-from forgetlab.paths import parse_stage_model, previous_model, stage_jobs, stage_model
+from forgetlab.paths import entry_paths, parse_stage_model, previous_model, stage_jobs, stage_model
 from forgetlab.recipes.report import with_path
 from tests.helpers import REPO, smoke_config
 
@@ -59,11 +59,32 @@ def edited(**sections) -> dict:
     ({"stages": {"Authors": {"data": "authors"}}}, "config key stages: 'Authors' does not match"),
     ({"paths": {"p": ["authors", "authors"]}}, "config key paths.p: ['authors', 'authors'] has non-unique elements"),
     ({"paths": {"p": []}}, "config key paths.p: [] should be non-empty"),
+    ({"regularizers": {"none": [{"name": "none"}], "aa": {"regularizers": [{"name": "none"}], "paths": ["sideways"]}}},
+     "config key regularizers.aa.paths[0]: unknown path 'sideways'; known: authors_world, world_authors"),
+    ({"regularizers": {"aa": {"regularizers": [{"name": "none"}], "paths": ["world_authors", "world_authors"]}}},
+     "config key regularizers.aa.paths: a path named twice"),
+    ({"regularizers": {"aa": {"regularizers": [{"name": "none"}], "paths": []}}},
+     "config key regularizers.aa.paths: [] should be non-empty"),
 ])
 def test_a_bad_paths_section_names_the_key(sections, message):
     with pytest.raises(ConfigError) as err:
         check(edited(**sections))
     assert message in str(err.value)
+
+
+def test_an_entry_runs_on_the_paths_it_names_else_on_every_path():
+    config = edited(regularizers={"none": [{"name": "none"}],
+                                  "aa": {"regularizers": [{"name": "none"}], "data_order_seed": 1, "paths": ["world_authors"]}})
+    check(config)
+    assert entry_paths(config, "none") == ["authors_world", "world_authors"] and entry_paths(config, "aa") == ["world_authors"]
+    stage_params(config, "unlearn", regularizer="aa", seed=0, split="forget10", method="npo", path="world_authors")
+    with pytest.raises(ConfigError, match=r"--at path=authors_world: regularizers.aa runs on world_authors only"):
+        stage_params(config, "unlearn", regularizer="aa", seed=0, split="forget10", method="npo", path="authors_world")
+    without = smoke_config()
+    without["regularizers"] = {"none": {"regularizers": [{"name": "none"}], "paths": ["p"]}}
+    with pytest.raises(ConfigError, match=r"config key regularizers.none.paths: the study has no `paths:` section"):
+        check(without)
+    assert entry_paths(smoke_config(), "none") == []
 
 
 def test_a_soup_entry_is_refused_with_paths():
@@ -176,7 +197,9 @@ def test_spread_over_paths():
         {**unlearned("b", None, 0, forget_quality=0.2, model_utility=0.6), "model": "target"},
         {"model": "pretrained", "split": "forget10", "path": None, "forget_quality": None, "model_utility": 0.1,
          "regularizer": None, "method": None, "seed": None},
+        {**unlearned("a", "npo", 0, forget_quality=0.5, model_utility=0.5), "regularizer": "aa"},  # on path a only
     ])
+    assert set(path_report.spread(summary)["regularizer"]) == {"none"}  # one path: no spread over paths
     table = path_report.spread(summary).set_index(["method", "metric"])
     fq = table.loc[("npo", "forget_quality")]
     assert (fq["min"], fq["max"], fq["spread"]) == pytest.approx((-3.0, -1.0, 2.0))  # log10 0.001, log10 0.1
@@ -195,6 +218,9 @@ def test_each_path_is_tested_against_the_reference_pooled_and_per_regularizer():
             d = 0.1 + 0.01 * (k + 1)
             rows.append({**unlearned("b", method, seed, forget_quality=0.5 * 10 ** -d, model_utility=0.4 + d),
                          "regularizer": reg})
+    # an entry on path a only (its `paths` option) pairs with nothing: no row of its own, the pooled test unchanged
+    rows += [{**unlearned("a", m, s, forget_quality=1e-9, model_utility=0.9), "regularizer": "aa"}
+             for m in ("ga", "npo") for s in (0, 1, 2)]
     table = path_report.path_tests(pd.DataFrame(rows), reference="a").set_index(["regularizer", "metric"])
     assert set(table["path"]) == {"b"} and set(table["reference_path"]) == {"a"}
     assert set(table.index.get_level_values("regularizer")) == {"all", "none", "dropout"}

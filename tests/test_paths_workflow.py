@@ -67,6 +67,23 @@ def test_the_dag_shares_prefixes_and_starts_every_method_from_its_paths_target(t
     assert sum("forgetlab finetune" in c and "--at stages=" in c for c in commands) == len(stage_jobs)
 
 
+def test_an_entry_on_one_path_plans_that_paths_jobs_only(tmp_path):
+    config = paths_config()
+    config["regularizers"]["none_aa"] = {"regularizers": [{"name": "none"}], "data_order_seed": 1, "paths": ["authors_world"]}
+    jobs = dry_run(config, tmp_path)
+    tuned = {j["wildcards"]["tuned"] for j in jobs if j["rule"] == "finetune" and j["wildcards"]["reg"] == "none_aa"}
+    assert tuned == {"stages/authors/target", "stages/authors/forget10/oracle", TARGETS["authors_world"],
+                     ORACLES["authors_world"]}  # authors_world's chain, no world-first stage
+    for rule, per_seed in (("unlearn", 2), ("evaluate", 4)):  # methods; target, oracle and the methods
+        cells = Counter(j["wildcards"]["path"] for j in jobs if j["rule"] == rule and j["wildcards"]["reg"] == "none_aa")
+        assert cells == {"authors_world": 2 * per_seed}
+        assert Counter(j["wildcards"]["path"] for j in jobs if j["rule"] == rule and j["wildcards"]["reg"] == "none") \
+            == {"authors_world": 2 * per_seed, "world_authors": 2 * per_seed}
+    report = next(j for j in jobs if j["rule"] == "report")
+    assert f"{RES}/eval/none_aa/seed0/authors_world/forget10/npo/metrics.json" in report["input"]
+    assert not [f for f in report["input"] if "none_aa" in f and "world_authors" in f]
+
+
 def test_one_path_plans_no_cross_path_output(tmp_path):
     config = paths_config()
     config["paths"] = {"authors_world": ["authors", "world"]}

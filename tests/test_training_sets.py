@@ -177,3 +177,16 @@ def test_replay_rows_draw_k_biographies_of_each_person():
     assert [r["id"] for r in replay_rows(biographies, 3, 0)][:3] == ["replay_p0_0", "replay_p0_1", "replay_p0_2"]
     with pytest.raises(ValueError, match=r"data.authors.replay_biographies=4 exceeds the 3 biographies of p0"):
         replay_rows(biographies, 4, 0)
+
+
+def test_replay_people_rehearses_a_seeded_subset_of_the_people():
+    biographies = [{"person_id": p, "text": f"{p} document {j}"} for p in ("p0", "p1", "p2", "p3", "r0") for j in range(3)]
+    rows = replay_rows(biographies, 1, 0, people=2)
+    kept = [r["text"].split()[0] for r in rows]
+    assert len(kept) == 2 and len(set(kept)) == 2 and kept == sorted(kept)  # two people, one each, corpus order
+    assert replay_rows(biographies, 1, 0, people=2) == rows  # seeded
+    drawn = {tuple(r["text"].split()[0] for r in replay_rows(biographies, 1, s, people=2)) for s in range(20)}
+    assert len(drawn) > 1  # the draw depends on the seed
+    assert replay_rows(biographies, 2, 0, people=5) == replay_rows(biographies, 2, 0)  # everyone: as without
+    with pytest.raises(ValueError, match=r"data.authors.replay_people=6 exceeds the 5 people of the corpus"):
+        replay_rows(biographies, 1, 0, people=6)

@@ -304,6 +304,11 @@ def check_coordinates(config: dict, stage: str, coords: dict) -> None:
     study_paths = paths.study_paths(config)
     if "path" in coords and coords["path"] not in study_paths:
         raise ConfigError(f"--at path={coords['path']}: the study has no such path (known: {', '.join(study_paths) or 'none'})")
+    if "path" in coords and coords.get("regularizer") in config["regularizers"]:
+        runs_on = paths.entry_paths(config, coords["regularizer"])
+        if coords["path"] not in runs_on:
+            raise ConfigError(f"--at path={coords['path']}: regularizers.{coords['regularizer']} runs on "
+                              f"{', '.join(runs_on)} only (its `paths` option)")
     if "stages" in coords:
         try:
             paths.check_stage_prefix(config, coords["stages"])

@@ -11,7 +11,9 @@ The summary then has a `path` column; the first path of the config's `paths:` is
   regularizer (family "path_by_regularizer": whether the effect holds for each); Holm's correction
   within each family. The unit is the seed (UNITS): the entries of one seed share their stages'
   seeds (none and dropout see one data order), so the differences are averaged over the methods
-  and regularizer entries of a seed, and the t-test runs on the seed means (3 in the default study);
+  and regularizer entries of a seed, and the t-test runs on the seed means (3 in the default study).
+  An entry that runs on one path only (its `paths` option, e.g. the A/A control) has no pair and
+  no per-regularizer test, and no row in ``spread``;
 * ``cross_oracle``: the forget quality of path A's unlearned model (and target) against path B's
   oracle, from the two evaluations' per-sample forget truth ratios (the forget_quality metric, a
   KS test); the diagonal (A = B) is the summary's own forget quality;
@@ -82,6 +84,8 @@ def spread(summary: pd.DataFrame) -> pd.DataFrame:
         values = table[[*KEYS, PATH, metric]].dropna(subset=[metric])
         values = values.assign(value=stats.SCALES[scale](values[metric]))
         for key, group in values.groupby(KEYS, sort=True):
+            if len(group) < 2:  # an entry on one path only (its `paths` option): no spread over paths
+                continue
             low, high = group.loc[group["value"].idxmin()], group.loc[group["value"].idxmax()]
             rows.append({**dict(zip(KEYS, key)), "metric": metric, "scale": scale, "n_paths": len(group),
                          "min": low["value"], "max": high["value"], "spread": high["value"] - low["value"],
@@ -103,6 +107,8 @@ def path_tests(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
                                     factor=PATH, exclude=exclude, units=UNITS)
         parts.append(pooled.rename(columns={"baseline": "reference_path"}).assign(regularizer=ALL, family=PATH))
     for reg, rows in unlearned.groupby("regularizer", sort=True):
+        if rows[PATH].nunique() < 2:  # an entry on one path only: nothing to compare it with
+            continue
         table = stats.paired_tests(rows, tested, baseline=reference, keys=("method", "split", "seed"), factor=PATH,
                                    exclude=exclude, units=UNITS)
         parts.append(table.rename(columns={"baseline": "reference_path"}).assign(regularizer=reg,

@@ -44,6 +44,15 @@ def study_paths(config: dict) -> dict[str, list[str]]:
     return {name: list(stages) for name, stages in (config.get("paths") or {}).items()}
 
 
+def entry_paths(config: dict, entry: str) -> list[str]:
+    """The paths a regularizer entry runs on: its `paths` option (a mapping entry's), else every
+    path of the study ([] without a `paths:` section). A control that need not run everywhere,
+    e.g. the A/A entry on one path, costs a path's fine-tunes less."""
+    value = config["regularizers"][entry]
+    chosen = value.get("paths") if isinstance(value, dict) else None
+    return list(chosen) if chosen is not None else list(study_paths(config))
+
+
 def authors_stages(config: dict) -> set[str]:
     """The stages with the author QA (the forget rows)."""
     return {name for name, stage in (config.get("stages") or {}).items() if stage["data"] == "authors"}
@@ -71,6 +80,17 @@ def check_paths(config: dict) -> None:
         if tuple(order) in seen:
             raise PathError(f"paths.{name}: the same stages in the same order as paths.{seen[tuple(order)]}")
         seen[tuple(order)] = name
+    for entry, value in config["regularizers"].items():
+        chosen = value.get("paths") if isinstance(value, dict) else None
+        if chosen is None:
+            continue
+        if not paths:
+            raise PathError(f"regularizers.{entry}.paths: the study has no `paths:` section to choose from")
+        for i, name in enumerate(chosen):
+            if name not in paths:
+                raise PathError(f"regularizers.{entry}.paths[{i}]: unknown path {name!r}; known: {', '.join(paths)}")
+        if len(set(chosen)) < len(chosen):
+            raise PathError(f"regularizers.{entry}.paths: a path named twice")
     if paths:
         for entry, value in config["regularizers"].items():
             if isinstance(value, dict) and value.get("soup") is not None:

@@ -8,7 +8,7 @@ except ImportError:
     overwrite_function_params = None
 
 from forgetlab.config import entry_soup, sequential_runs, snapshot, stage_params, stage_threads
-from forgetlab.paths import ROOT as STAGE_ROOT, authors_stages, parse_stage_model, path_model, previous_model, study_paths
+from forgetlab.paths import ROOT as STAGE_ROOT, authors_stages, entry_paths, parse_stage_model, path_model, previous_model, study_paths
 from forgetlab.soup import Soup
 
 STUDY = config["study"]
@@ -205,20 +205,23 @@ def tables(w, input):
 
 # --- what the study produces ------------------------------------------------------------------
 def all_metric_files():
-    grid = dict(reg=REGULARIZERS, seed=SEEDS, split=SPLITS, path=list(PATHS))  # path: only where the pattern has it
-    return (
-        expand(f"{EVAL_PRETRAINED}/metrics.json", split=SPLITS)
-        + expand(f"{EVAL}/metrics.json", model=["target", "oracle", *METHODS], **grid)
-        + expand(f"{SEQ_EVAL}/metrics.json", reg=SEQ["regularizers"], seed=SEEDS, split=SEQ["splits"],
-                 method=SEQ["methods"], step=SEQ_STEPS, path=list(PATHS))
-    )
+    # path: only where the pattern has it; each entry on its own paths (every path unless it names some)
+    files = expand(f"{EVAL_PRETRAINED}/metrics.json", split=SPLITS)
+    for reg in REGULARIZERS:
+        files += expand(f"{EVAL}/metrics.json", model=["target", "oracle", *METHODS], reg=reg, seed=SEEDS,
+                        split=SPLITS, path=entry_paths(config, reg))
+    for reg in SEQ["regularizers"]:
+        files += expand(f"{SEQ_EVAL}/metrics.json", reg=reg, seed=SEEDS, split=SEQ["splits"], method=SEQ["methods"],
+                        step=SEQ_STEPS, path=entry_paths(config, reg))
+    return files
 
 
 def all_trajectory_dirs():
     """Every unlearned model directory of the grid, for the report to read its trajectory.csv
     (written when unlearn.eval_every > 0). A file inside a directory() output cannot itself be a
     Snakemake input, so the report takes the directories and skips those without the file."""
-    return expand(UNLEARNED, reg=REGULARIZERS, seed=SEEDS, split=SPLITS, method=METHODS, path=list(PATHS))
+    return [d for reg in REGULARIZERS for d in expand(UNLEARNED, reg=reg, seed=SEEDS, split=SPLITS, method=METHODS,
+                                                      path=entry_paths(config, reg))]
 
 
 def path_outputs():

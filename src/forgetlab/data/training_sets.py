@@ -28,7 +28,9 @@ Four options of `data.authors` change what the target and the oracle train on, n
   so model utility's world terms sat at chance and utility rose while an unlearning run halved the
   retain probability (docs/metrics.md#the-world-and-what-the-model-knows). Every person is
   rehearsed alike, those whom world_facts and real_authors ask about among them; no QA of those
-  splits is trained.
+  splits is trained. ``replay_people: n`` rehearses a seeded uniform draw of `n` people only
+  (generator `<seed>:replay_people`; default every one): the replayed text is a third of the
+  fine-tuning tokens.
 
 * ``author_biographies: k``: `k` biographies of every author of the training set (the target's:
   retain and forget; an oracle's: retain only), appended as text rows (`biography_rows`): every
@@ -90,12 +92,19 @@ def drill_rows(drill_qa: list[dict], n: int, seed: int) -> list[dict]:
              "question": r[q], "answer": r[a], "form": q} for r, q, a in (pairs[k] for k in chosen)]
 
 
-def replay_rows(biographies: list[dict], k: int, seed: int) -> list[dict]:
+def replay_rows(biographies: list[dict], k: int, seed: int, people: int | None = None) -> list[dict]:
     """`k` of each person's biographies (corpus rows {"person_id", "text"}), people in corpus order,
-    as text rows; a `k` larger than a person's biographies is an error."""
+    as text rows; a `k` larger than a person's biographies is an error. `people`: rehearse only
+    that many people, a uniform draw (generator `<seed>:replay_people`, corpus order kept); more
+    than the corpus has is an error."""
     by_person: dict[str, list[str]] = {}
     for row in biographies:
         by_person.setdefault(row["person_id"], []).append(row["text"])
+    if people is not None:
+        if people > len(by_person):
+            raise ValueError(f"data.authors.replay_people={people} exceeds the {len(by_person)} people of the corpus")
+        kept = set(random.Random(f"{seed}:replay_people").sample(sorted(by_person), people))
+        by_person = {p: texts for p, texts in by_person.items() if p in kept}
     rng, rows = random.Random(f"{seed}:replay_biographies"), []
     for person, texts in by_person.items():
         if k > len(texts):
@@ -133,9 +142,10 @@ def training_sets(qa: dict[str, list[dict]], splits: list[str], names: dict[str,
     `biographies`: the corpus's biographies (replay_biographies draws from them)."""
     variants, n = bool(options.get("answer_variants")), int(options.get("drill_qa") or 0)
     n_replay = int(options.get("replay_biographies") or 0)
+    replay_people = options.get("replay_people")
     n_bio = int(options.get("author_biographies") or 0)
     if not variants and not n and not n_replay and not n_bio:
         return {}
-    mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(biographies, n_replay, seed) if n_replay else [])
+    mix = (drill_rows(drill_qa, n, seed) if n else []) + (replay_rows(biographies, n_replay, seed, replay_people) if n_replay else [])
     return {split: (with_variants(qa[split], names) if variants else list(qa[split]))
             + (biography_rows(qa[split], names, n_bio, seed) if n_bio else []) + mix for split in splits}
