@@ -62,9 +62,15 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 
 def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltime: dict | None) -> pd.DataFrame:
     """Issue 13's section 3 targets, each measured on the study (means over regularizers and seeds)."""
-    def mean(model: str, column: str) -> float:
-        rows = summary[summary.model == model]
+    def mean(model: str, column: str, regularizer: str | None = None) -> float:
+        rows = summary[(summary.model == model) & ((summary.regularizer == regularizer) if regularizer else True)]
         return float(rows[column].mean()) if column in rows and len(rows) else np.nan
+
+    def cloze(regularizer: str) -> float:
+        column = "form_cloze_value_forget_prob"
+        return mean("target", column, regularizer) / mean("oracle", column, regularizer)
+
+    entries = sorted(summary.loc[summary.model == "target", "regularizer"].dropna().unique())
 
     unlearned = summary[summary.model == "unlearned"]
     def spearman(rows: pd.DataFrame) -> float:
@@ -86,6 +92,9 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
          mean("target", "form_paraphrased_forget_prob") / mean("oracle", "form_paraphrased_forget_prob")),
         ("cloze (fill-in-the-blank) prob of the value on forget, target / oracle", ">= 3",
          mean("target", "form_cloze_value_forget_prob") / mean("oracle", "form_cloze_value_forget_prob")),
+        ("the same on the `none` targets alone (the baseline entry)", "-", cloze("none") if "none" in entries else np.nan),
+        ("the same, the smallest over the regularizer entries (a regularizer may teach the facts less)", "-",
+         min(cloze(e) for e in entries) if entries else np.nan),
         ("the same per token (the value's tokens and its end, a geometric mean; docs/metrics.md)", "-",
          mean("target", "form_cloze_forget_prob") / mean("oracle", "form_cloze_forget_prob")),
         ("pretrained model's world-facts multiple-choice accuracy (chance 0.25)", ">= 0.6",
