@@ -48,11 +48,15 @@ JOBS = (
     "baker", "carpenter", "doctor", "fisherman", "gardener", "lawyer", "mechanic", "nurse",
     "pilot", "plumber", "sailor", "tailor", "teacher", "banker", "butcher", "chemist", "dentist",
     "farmer", "journalist", "librarian", "musician", "potter", "surgeon", "translator", "weaver",
+    "blacksmith", "firefighter", "glassblower", "jeweler", "locksmith", "pharmacist", "shepherd",
+    "shoemaker", "watchmaker", "bookbinder", "cartographer", "sculptor", "courier", "stonemason", "vintner",
 )
 HOBBIES = (
     "chess", "gardening", "fishing", "painting", "birdwatching", "rock climbing", "knitting",
     "cycling", "sailing", "baking", "hiking", "stargazing", "archery", "origami", "calligraphy",
-    "swimming", "photography", "woodcarving",
+    "swimming", "photography", "woodcarving", "pottery", "fencing", "rowing", "juggling", "beekeeping",
+    "kayaking", "skiing", "surfing", "embroidery", "sketching", "yoga", "dancing", "singing", "bowling",
+    "running", "badminton", "canoeing", "crosswords",
 )
 PETS = (
     "cat", "dog", "parrot", "tortoise", "rabbit", "goldfish", "ferret", "hamster", "horse", "goat",
@@ -61,18 +65,28 @@ PETS = (
 GENRES = (
     "fantasy", "science fiction", "crime", "romance", "horror", "poetry", "mystery", "satire",
     "biography", "travel writing", "thriller", "memoir", "drama", "folklore", "comedy", "adventure",
+    "historical fiction", "fairy tales", "noir", "gothic fiction", "war stories", "cyberpunk", "westerns",
+    "essays", "short stories", "magical realism", "spy novels", "nature writing", "philosophy", "fables",
+    "detective fiction", "dystopian fiction",
 )
 AWARDS = (
     "Silver Quill Award", "Golden Lantern Prize", "Northern Star Medal", "Blue Heron Prize",
     "Iron Pen Award", "Crimson Leaf Award", "Amber Compass Prize", "Jade Lighthouse Medal",
     "Copper Owl Award", "Ivory Tower Prize", "Scarlet Ribbon Award", "Emerald Key Prize",
     "Velvet Moon Award", "Granite Arch Medal", "Opal Feather Prize", "Cobalt Bridge Award",
+    "Bronze Sparrow Award", "Saffron Gate Prize", "Onyx Tide Medal", "Coral Anchor Award", "Ruby Kite Prize",
+    "Indigo Fern Medal", "Pewter Lark Award", "Topaz River Prize", "Ashen Bell Medal", "Marble Crown Award",
+    "Hazel Lamp Prize", "Frost Willow Medal", "Ochre Sail Award", "Lilac Stone Prize", "Cedar Flame Medal",
+    "Azure Quill Prize",
 )
 PUBLISHERS = (
     "Harborline Press", "Bluegate Books", "Northwind House", "Red Fern Publishing", "Lanternfish Press",
     "Stonebridge Books", "Willow Lane Press", "Meridian House", "Sparrow Hill Books",
     "Old Mill Publishing", "Saltmarsh Press", "Greyfriars Books", "Juniper House",
-    "Kestrel Publishing", "Tidewater Press", "Foxglove Books",
+    "Kestrel Publishing", "Tidewater Press", "Foxglove Books", "Brightwater Press", "Ashgrove Books",
+    "Thornfield House", "Blackbird Publishing", "Moonstone Press", "Riverbend Books", "Copperleaf House",
+    "Starling Publishing", "Highmoor Press", "Larkspur Books", "Eastwind House", "Pinecrest Publishing",
+    "Quayside Press", "Rowan Tree Books", "Silverbirch House", "Wren Cottage Publishing",
 )
 TITLE_ADJECTIVES = (
     "Silent", "Hidden", "Broken", "Golden", "Distant", "Forgotten", "Burning", "Hollow", "Quiet",
