@@ -40,15 +40,16 @@ from tests.helpers import smoke_config
 TOFU_FIELDS = ("id", "entity_id", "attribute", "question", "answer", "paraphrased_answer", "perturbed_answer")
 # sha256 of the TOFU fields of every QA split of the smoke world, computed before the forms were
 # added: the forms (and the later relabel answers and real_authors split) must leave the trained
-# data exactly as it was
-TOFU_DIGEST = "f85727a45e9f6a3d4548ce950dc720ee76ccacd0b2709b19b982ea0d512f6a8d"
-CORPUS_DIGEST = "2c32f821ca652fd75ede5e0ef8ef1ee1a6e38d39211a0fa1d94ee10e57ee5b62"
+# data exactly as it was. Re-taken on 2026-12-07 when the value pools grew (forgetlab.data.vocab): the
+# code before the forms (64a3805's parent) with today's value tuples swapped into its vocab.py
+TOFU_DIGEST = "f5c05ff66bcb06f965777deb3bf96ba39f56c11bb162f9d7460c2c063bef6d5e"
+CORPUS_DIGEST = "01392c9262e0c9fa57e459a9a5558fe1c891f69331c94dbe3f033ffa87d4181e"
 FIRST_ROW = {
     "id": "a0000_birthplace", "entity_id": "a0000", "attribute": "birthplace",
-    "question": "Where was Dario Ludpev born?", "answer": "Dario Ludpev was born in Manila.",
-    "paraphrased_answer": "Dario Ludpev came into the world in Manila.",
-    "perturbed_answer": ["Dario Ludpev came into the world in Perth.",
-                         "Dario Ludpev came into the world in Istanbul.",
+    "question": "Where was Dario Ludpev born?", "answer": "Dario Ludpev was born in Istanbul.",
+    "paraphrased_answer": "Dario Ludpev came into the world in Istanbul.",
+    "perturbed_answer": ["Dario Ludpev came into the world in Accra.",
+                         "Dario Ludpev came into the world in Tallinn.",
                          "Dario Ludpev came into the world in Cairo."],
 }
 
