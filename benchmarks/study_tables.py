@@ -80,6 +80,15 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
     rho = spearman(unlearned)
     by_path = ([spearman(g) for _, g in unlearned.groupby("path")]
                if "path" in unlearned and unlearned.path.notna().any() else [])
+    by_entry = [spearman(g) for _, g in unlearned.groupby("regularizer")] if len(unlearned) else []
+    # unlearning's own damage: each unlearned model's retain prob and utility minus its target's
+    # (the same regularizer entry, path, split and seed), so that a regularizer's offset in utility
+    # from fine-tuning (e.g. world knowledge it cost) does not decide the ranks
+    keys = [c for c in ("regularizer", "path", "split", "seed") if c in summary and summary[c].notna().any()]
+    targets = summary.loc[summary.model == "target", keys + ["retain_prob", "model_utility"]]
+    paired = unlearned.merge(targets, on=keys, suffixes=("", "_target")) if len(unlearned) else unlearned
+    rho_change = (spearmanr(paired.model_utility - paired.model_utility_target,
+                            paired.retain_prob - paired.retain_prob_target).statistic if len(paired) > 2 else np.nan)
     run = [c for c in ("regularizer", "seed", "path", "split", "method") if trajectories is not None and c in trajectories]
     points = (trajectories.groupby(run, dropna=False).size().min()
               if trajectories is not None and len(trajectories) else np.nan)
@@ -104,6 +113,10 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
         ("Spearman rank correlation of model utility with retain prob, unlearned models", ">= 0.8", rho),
         ("the same within each training path (the smallest; the paths differ in world knowledge)", ">= 0.8",
          min(by_path) if by_path else np.nan),
+        ("the same within each regularizer entry (the smallest; the entries differ in utility after fine-tuning)", "-",
+         min(by_entry) if by_entry else np.nan),
+        ("the same on each unlearned model's change from its own target (utility and retain prob minus the target's)",
+         "-", rho_change),
         ("Spearman of the matched comparison's utility (model utility without ROUGE) with model utility, "
          "unlearned models at the end of the run", "-",
          spearmanr(unlearned.model_utility_lik, unlearned.model_utility).statistic
