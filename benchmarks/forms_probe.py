@@ -102,7 +102,8 @@ def main() -> None:
         subprocess.run(["snakemake", str(pretrained.relative_to(REPO)), "--cores", a.cores, "--configfile", str(cfg)],
                        check=True, cwd=REPO)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
-    common = ["--config", str(cfg), f"--at=regularizer={a.regularizer}", f"--at=seed={seed}", "--data", str(data), "--threads", "1"]
+    common = ["--config", str(cfg), f"--at=regularizer={a.regularizer}", f"--at=seed={seed}", "--data", str(data),
+              "--threads", "1"]
 
     def finetune(role: str) -> list[str]:
         at = [f"--at=model={role}", f"--at=role={role}"] + ([f"--at=split={split}"] if role == "oracle" else [])
