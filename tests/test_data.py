@@ -73,10 +73,7 @@ def test_vocab_invariants():
     check_vocab()
     assert len(AUTHOR_ATTRIBUTES) >= 8
     assert all(len(ATTRIBUTES[a].values) >= 15 for a in (*AUTHOR_ATTRIBUTES, *PERSON_ATTRIBUTES))
-
-
-def test_an_author_fact_guessed_over_its_pool_gets_at_most_a_thirtieth():
-    # the fill-in-the-blank's floor: a model that never saw a fact spreads its guess over the
+    # the fill-in-the-blank's floor: a model that never saw an author's fact spreads its guess over the
     # attribute's values, so a pool of K gives the true value about 1/K (docs/metrics.md); with the
     # 16-value pools the oracle's guess was a third of the target's figure (docs/benchmarks.md, stop 32)
     sizes = {a: len(ATTRIBUTES[a].values) for a in AUTHOR_ATTRIBUTES}

@@ -4,8 +4,9 @@ Every attribute has a closed vocabulary of values (at least 15; the authors' gen
 publisher 32, hobby 36, jobs 40, so that a model that never saw a fact and guesses over the pool
 gives the true value little probability: docs/metrics.md#the-world-and-what-the-model-knows) and
 several sentence templates (at least 3) that state one fact, plus one question template and one
-paraphrased question template. The paraphrased question is never trained on: it, a fill-in-the-blank statement and a
-multiple-choice question are the other forms in which evaluation probes the same fact
+paraphrased question template. The paraphrased question is never trained on: it, a
+fill-in-the-blank statement and a multiple-choice question are the other forms in which
+evaluation probes the same fact
 (`forgetlab.eval.forms`, after ORT, "LLM Unlearning Should Be Form-Independent"). Attributes that
 people and authors share (birthplace, birth_year, the parents' jobs, hobby) use the same
 vocabulary and templates, so the tokenizer and the pretrained model already know the value tokens
