@@ -5,6 +5,7 @@ the job's own start also in a forked child whose parent holds memory."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 
@@ -148,7 +149,11 @@ MB = 1024 * 1024
 
 
 def touch(mb: int) -> np.ndarray:
-    a = np.ones(mb * MB, dtype=np.uint8)  # np.ones writes every page: resident
+    """`mb` MiB of fresh pages, every one written (resident): an anonymous mapping of its own, not
+    malloc's, whose heap may hold freed pages that are still resident (forgetlab.recipes.tune_malloc,
+    called by any in-process stage of an earlier test in this worker)."""
+    a = np.frombuffer(mmap.mmap(-1, mb * MB), dtype=np.uint8)
+    a[:] = 1
     return a
 
 
