@@ -9,13 +9,10 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install run smoke test test-unit pull push verify mlflow-ui mlflow-server benchmark
 
-# torch first, with pip: pip looks in the wheel folders of its config (PIP_FIND_LINKS), where a CPU build of
-# the pin may lie, and uv does not; then the package with uv, which finds torch installed and leaves it, and
-# resolves and installs the rest about 10x faster than pip (README, Speed)
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 'uv>=0.5'
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
