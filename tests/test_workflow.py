@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from forgetlab import environment, memory
 from forgetlab.config import entry_components, sequential_runs
 from forgetlab.recipes.report import ID_COLUMNS as REPORT_IDS
-from tests.helpers import REPO, commit_all, copy_workflow, sh, smoke_config
+from tests.helpers import REPO, cli_env, commit_all, copy_workflow, sh, smoke_config
 
 pytestmark = pytest.mark.e2e
 
@@ -263,26 +266,44 @@ def test_every_job_records_its_environment_and_the_report_sums_them_up(study):
     assert summary["environment"]["torch"] == environment.collect()["torch"]
 
 
-def verify(clone, tmp_path, *args):
-    out = tmp_path / "verify.json"
-    proc = sh("forgetlab", "verify", "smoke", "--scratch", tmp_path / "scratch", "--json", out, *args, cwd=clone, check=False)
+def verify(clone, tmp_path, *args, forkserver: str | None = None):
+    """`forgetlab verify smoke` in the clone, FORGETLAB_FORKSERVER unset (verify's default) or set to
+    `forkserver`; its fork servers, if any, live in tmp_path/servers. Returns their pids too."""
+    out, servers = tmp_path / "verify.json", tmp_path / "servers"
+    env = cli_env(FORGETLAB_FORKSERVER_DIR=str(servers))
+    env.pop("FORGETLAB_FORKSERVER", None)
+    env.update({"FORGETLAB_FORKSERVER": forkserver} if forkserver is not None else {})
+    cmd = ["forgetlab", "verify", "smoke", "--scratch", str(tmp_path / "scratch"), "--json", str(out), *map(str, args)]
+    try:
+        proc = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
+    finally:
+        pids = sorted(int(p.read_text()) for p in servers.glob("*.sock.pid"))
+        for pid in pids:  # a server would otherwise idle for a minute before it exits
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout, pids
 
 
 def test_verify_in_a_fresh_clone_reports_identical(pulled, tmp_path):
-    """Rerun one job of each stage from the pulled study's inputs: bit-identical outputs."""
-    result, text = verify(pulled, tmp_path)
+    """Rerun one job of each stage from the pulled study's inputs: bit-identical outputs, the reruns
+    served by one fork server (as the Snakefile's jobs are), started by the first of them."""
+    result, text, servers = verify(pulled, tmp_path)
     jobs = environment.upstream(["results/smoke"], root=pulled)
     assert {j["stage"] for j in result["jobs"]} == {job["command"][1] for job in jobs.values()}
     assert [j["verdict"] for j in result["jobs"]] == ["identical"] * len(result["jobs"]), text
     assert result["verdict"] == "identical" and set(result["environment_fields"]) <= {"forgetlab_source"}  # see above
     assert "verdict: identical" in text
+    assert len(servers) == 1, f"reruns served by {len(servers)} fork servers"
 
 
 def test_verify_with_another_thread_count_names_the_field(pulled, tmp_path):
     recorded = environment.read_job(pulled / "results" / "smoke" / "pretrain" / "model")["environment"]["threads"]
-    result, text = verify(pulled, tmp_path, "--threads", recorded + 1, "--stage", "pretrain")
+    # FORGETLAB_FORKSERVER=0: the rerun in a fresh process, no server
+    result, text, servers = verify(pulled, tmp_path, "--threads", recorded + 1, "--stage", "pretrain", forkserver="0")
+    assert servers == [] and not (tmp_path / "servers").exists()
     assert "threads" in result["environment_fields"], text
     assert f"threads {recorded} -> {recorded + 1}" in text
     # whether another thread count changes the bits depends on the machine's kernels (the tiny smoke

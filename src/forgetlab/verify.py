@@ -2,9 +2,12 @@
 
 Each job's record (job.json, forgetlab.environment) holds its exact command; the rerun is that
 command with --out in a scratch directory (and, with --threads, another thread count), reading the
-study's stored inputs, with its own MLflow store in the scratch directory. The rerun's files are
-compared with the stored ones: model weights (max |Δ| per tensor), tables (max |Δ| per numeric
-column; text cells must match), JSON files (numbers within the metric tolerance, the rest equal).
+study's stored inputs, with its own MLflow store in the scratch directory; like the study's jobs
+(the Snakefile's), it runs in a fork of forgetlab's fork server (forgetlab.forkserver), which imports
+torch, transformers and mlflow once for all the reruns, unless FORGETLAB_FORKSERVER is set (0: each
+rerun in a fresh process). The rerun's files are compared with the stored ones: model weights
+(max |Δ| per tensor), tables (max |Δ| per numeric column; text cells must match), JSON files
+(numbers within the metric tolerance, the rest equal).
 
 Verdicts, per job and for the whole sample (the worst of its jobs):
   identical   every file bit for bit the same
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from forgetlab import environment as env_mod
+from forgetlab.forkserver import ENV as FORKSERVER_ENV
 
 # The stated tolerances, the only place they are set: |stored - rerun| <= atol + rtol * |stored|.
 # Calibrated on the smoke study rerun with 2 threads instead of 1 (fp32 on the CPU): trained weights
@@ -269,6 +273,7 @@ def verify_job(key: str, job: dict, scratch: Path, threads: int | None) -> dict:
     changed = [p for p, d in job.get("inputs", {}).items() if env_mod.digest(env_mod.local(p, job)) != d]
     stored_env = job.get("environment", {})
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{(scratch / 'mlflow.db').resolve()}")
+    env.setdefault(FORKSERVER_ENV, "1")  # as the Snakefile runs the study's jobs; FORGETLAB_FORKSERVER=0: each in a fresh process
     omp = str(threads) if threads else stored_env.get("omp_num_threads")  # Snakemake sets it to the job's threads
     for variable in THREAD_VARIABLES:
         env.pop(variable, None)
