@@ -5,6 +5,7 @@ tiny Llama's training steps of varying lengths, as a length-grouped fine-tune's 
 from __future__ import annotations
 
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -32,26 +33,38 @@ def step(length):
     opt.zero_grad()
 for length in (40, 60, 80):  # warm-up: the optimizer's state and the largest batch
     step(length)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for i in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step(40 + (i * 7) % 41)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
-def page_faults(malloc: str | None) -> int:
+def page_faults(malloc: str | None) -> list[int]:
+    """The minor page faults of each of the 20 measured training steps."""
     env = cli_env(FORGETLAB_MALLOC=malloc or "")  # "" (not "default"): tuned
     proc = subprocess.run([sys.executable, "-c", STEPS], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return int(proc.stdout.split()[-1])
+    return [int(n) for n in proc.stdout.splitlines()[-1].split()]
 
 
-def test_a_job_s_training_steps_page_fault_a_tenth_as_often_as_with_glibc_s_defaults():
+def test_a_job_s_training_steps_keep_their_memory_mapped_where_glibc_s_defaults_fault_it_in():
     # set_threads tunes the allocator of every stage's job; FORGETLAB_MALLOC=default opts out. With glibc's
-    # defaults each step's larger activations are fresh mmaps, faulted in page by page (a 4 KiB page each:
-    # a 32 x 80 x 256 float32 activation alone is 640 pages); tuned, the heap keeps them mapped
-    default, tuned = page_faults("default"), page_faults(None)
-    assert default > 10 * tuned, (default, tuned)
+    # defaults a step's larger activations are fresh mmaps, faulted in page by page (a 4 KiB page each: a
+    # 32 x 80 x 256 float32 activation alone is 640 pages); tuned, the heap keeps them mapped, so the median
+    # step faults in (almost) nothing. The median, not the sum: now and then the kernel faults a few thousand
+    # pages of a step in either setting (seen on this project's VM: tuned runs of 20 steps summed 7 to 9,671
+    # faults, all of the excess in 1-4 steps).
+    tuned = page_faults(None)
+    assert statistics.median(tuned) <= 10, tuned
+    # the same steps with glibc's defaults: the median step faults in thousands of pages in most runs; in
+    # about 1 run in 13 seen here glibc's adaptive mmap threshold kept them mapped too, so up to 3 runs
+    medians = []
+    while len(medians) < 3 and (not medians or medians[-1] <= 100):
+        medians.append(statistics.median(page_faults("default")))
+    assert medians[-1] > 100, medians
 
 
 def test_tune_malloc_says_whether_it_set_the_allocator(monkeypatch):
