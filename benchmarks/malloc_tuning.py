@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -70,7 +71,7 @@ def main() -> None:
         subprocess.run(["snakemake", str(pretrained.relative_to(REPO)), "--cores", "2", "--configfile", str(config)],
                        check=True, cwd=REPO)
     scratch = REPO / "results" / study["study"] / "bench" / "malloc_tuning"
-    subprocess.run(["rm", "-rf", str(scratch)], check=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     runs = {"default": [], "tuned": []}
     digests = set()
     for i in range(a.pairs):

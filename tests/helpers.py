@@ -54,6 +54,22 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def fork_server_pids(servers: Path) -> list[int]:
+    """The pids of the fork servers whose sockets are in `servers` (FORGETLAB_FORKSERVER_DIR)."""
+    return sorted(int(p.read_text()) for p in Path(servers).glob("*.sock.pid"))
+
+
+def stop_fork_servers(servers: Path) -> list[int]:
+    """SIGTERM the fork servers in `servers` (each would otherwise idle for a minute); their pids."""
+    pids = fork_server_pids(servers)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
 def sh(*cmd, cwd, check=True) -> subprocess.CompletedProcess:
     """Run a command in `cwd` with cli_env; with check, a failure raises with its output's tail."""
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=cli_env(), capture_output=True, text=True)

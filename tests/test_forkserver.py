@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from forgetlab import forkserver
-from tests.helpers import REPO, cli_env
+from tests.helpers import REPO, cli_env, fork_server_pids, stop_fork_servers
 
 pytestmark = pytest.mark.e2e  # server and client processes
 
@@ -173,7 +173,7 @@ def test_forgetlab_server_reused_and_replaced_when_the_source_changes(tmp_path):
         return subprocess.run([*cmd, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
     def pids():
-        return sorted(int(p.read_text()) for p in servers.glob("*.sock.pid"))
+        return fork_server_pids(servers)
 
     try:
         ok = run("config/smoke.yaml")
@@ -191,8 +191,4 @@ def test_forgetlab_server_reused_and_replaced_when_the_source_changes(tmp_path):
         both = pids()
         assert len(both) == 2 and first[0] in both  # a new server for the new source
     finally:
-        for pid in pids():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        stop_fork_servers(servers)

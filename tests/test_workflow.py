@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -22,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from forgetlab import environment, memory
 from forgetlab.config import entry_components, sequential_runs
 from forgetlab.recipes.report import ID_COLUMNS as REPORT_IDS
-from tests.helpers import REPO, cli_env, commit_all, copy_workflow, sh, smoke_config
+from tests.helpers import REPO, cli_env, commit_all, copy_workflow, sh, smoke_config, stop_fork_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -272,17 +270,13 @@ def verify(clone, tmp_path, *args, forkserver: str | None = None):
     out, servers = tmp_path / "verify.json", tmp_path / "servers"
     env = cli_env(FORGETLAB_FORKSERVER_DIR=str(servers))
     env.pop("FORGETLAB_FORKSERVER", None)
-    env.update({"FORGETLAB_FORKSERVER": forkserver} if forkserver is not None else {})
+    if forkserver is not None:
+        env["FORGETLAB_FORKSERVER"] = forkserver
     cmd = ["forgetlab", "verify", "smoke", "--scratch", str(tmp_path / "scratch"), "--json", str(out), *map(str, args)]
     try:
         proc = subprocess.run(cmd, cwd=clone, env=env, capture_output=True, text=True)
     finally:
-        pids = sorted(int(p.read_text()) for p in servers.glob("*.sock.pid"))
-        for pid in pids:  # a server would otherwise idle for a minute before it exits
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        pids = stop_fork_servers(servers)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout, pids
 
