@@ -73,9 +73,9 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
     entries = sorted(summary.loc[summary.model == "target", "regularizer"].dropna().unique())
 
     unlearned = summary[summary.model == "unlearned"]
-    def spearman(rows: pd.DataFrame) -> float:
-        return (spearmanr(rows.model_utility, rows.retain_prob).statistic
-                if {"model_utility", "retain_prob"} <= set(rows.columns) and len(rows) > 2 else np.nan)
+    def spearman(rows: pd.DataFrame, utility: str = "model_utility") -> float:
+        return (spearmanr(rows[utility], rows.retain_prob).statistic
+                if {utility, "retain_prob"} <= set(rows.columns) and len(rows) > 2 else np.nan)
 
     rho = spearman(unlearned)
     by_path = ([spearman(g) for _, g in unlearned.groupby("path")]
@@ -117,6 +117,11 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
          min(by_entry) if by_entry else np.nan),
         ("the same on each unlearned model's change from its own target (utility and retain prob minus the target's)",
          "-", rho_change),
+        ("the same with forgetlab's `model_utility_value` (truth ratios and option probs on the value's tokens; "
+         "docs/metrics.md)", "-", spearman(unlearned, "model_utility_value")),
+        ("the same within each training path (the smallest)", "-",
+         min(spearman(g, "model_utility_value") for _, g in unlearned.groupby("path"))
+         if by_path and "model_utility_value" in unlearned else np.nan),
         ("Spearman of the matched comparison's utility (model utility without ROUGE) with model utility, "
          "unlearned models at the end of the run", "-",
          spearmanr(unlearned.model_utility_lik, unlearned.model_utility).statistic

@@ -20,7 +20,11 @@ samples.parquet, where every term's per-row values are kept) and prints:
   - `answer_template` (with --rescore: every model is loaded and scored again on those two splits,
     a likelihood pass): their option prob and truth ratio with the perturbed answers rendered in
     the answer's own template (the answer with its value swapped for each wrong one) instead of
-    the paraphrase's, so that a template preference does not enter.
+    the paraphrase's, so that a template preference does not enter;
+
+and the same tables for forgetlab's `model_utility_para` and `model_utility_value` (the latter's
+truth-ratio and option-prob terms on the value's tokens alone: forgetlab.metrics.model_utility_value),
+from the scoring columns the study kept.
 
 It writes the figures to benchmarks/results/utility_terms.json.
 
@@ -41,9 +45,11 @@ from scipy.stats import spearmanr
 from forgetlab.eval.scoring import rouge_l_recall
 from forgetlab.metrics.truth_ratio import utility_score
 from forgetlab.metrics.model_utility import UTILITY_TERMS, UTILITY_TERMS_PARA, harmonic_mean, utility_terms
+from forgetlab.metrics.model_utility_value import UTILITY_TERMS_VALUE
 
 NAMES = [f"{split}:{column}" for split, column in UTILITY_TERMS]
 PARA_NAMES = [f"{split}:{column}" for split, column in UTILITY_TERMS_PARA]
+VALUE_NAMES = [f"{split}:{column}" for split, column in UTILITY_TERMS_VALUE]
 
 
 def models(res: Path) -> pd.DataFrame:
@@ -57,7 +63,9 @@ def models(res: Path) -> pd.DataFrame:
         rows.append({"dir": str(metrics.parent), "model_path": head["model_path"], "model": head["model"], "method": head.get("method"),
                      "regularizer": head.get("regularizer"), "path": head.get("path"), "seed": head.get("seed"),
                      **dict(zip(NAMES, utility_terms(samples))),
-                     **dict(zip(PARA_NAMES, utility_terms(samples, UTILITY_TERMS_PARA)))})
+                     **dict(zip(PARA_NAMES, utility_terms(samples, UTILITY_TERMS_PARA))),
+                     **(dict(zip(VALUE_NAMES, utility_terms(samples, UTILITY_TERMS_VALUE)))
+                        if "truth_ratio_value" in samples else {})})
     return pd.DataFrame(rows)
 
 
@@ -146,14 +154,17 @@ def main() -> None:
     frame = models(res)
     if not (frame.model == "unlearned").any():
         raise SystemExit(f"no evaluated unlearned model under {res / 'eval'}: run the study first")
-    figures = {"tofu": report(frame), "para": report(frame, PARA_NAMES),
-               "value_rouge": report(value_rouge(frame, data))}
+    figures = {"tofu": report(frame), "para": report(frame, PARA_NAMES)}
+    if set(VALUE_NAMES) <= set(frame):  # a study evaluated before the value columns existed has none
+        figures["value"] = report(frame, VALUE_NAMES)
+    figures["value_rouge"] = report(value_rouge(frame, data))
     if args.rescore:
         figures["answer_template"] = report(answer_template(frame, res, data))
     titles = {"tofu": "TOFU's model utility (the study's)",
               "para": "model_utility_para (ra/wf option prob and truth ratio with the paraphrase as the correct answer)",
               "value_rouge": "counterfactual: ra/wf ROUGE on the answer's value",
-              "answer_template": "counterfactual: ra/wf perturbed answers in the answer's template"}
+              "answer_template": "counterfactual: ra/wf perturbed answers in the answer's template",
+              "value": "model_utility_value (truth ratios and ra/wf option probs on the value's tokens alone)"}
     for key, figs in figures.items():
         show(titles[key], figs)
     targets = frame[frame.model == "target"].groupby("regularizer")[NAMES].mean().round(3)

@@ -1,6 +1,7 @@
 """The batched scoring pass against unbatched, by-hand references on a tiny random Llama."""
 
 import math
+import os
 import zlib
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from forgetlab.eval.passes import grad_norms
-from forgetlab.eval.scoring import rouge_l_f1, rouge_l_recall, score_model, score_split
+from forgetlab.eval.scoring import differing_spans, rouge_l_f1, rouge_l_recall, score_model, score_split
 from forgetlab.metrics import EvalInputError
 from forgetlab.qa import encode_prompt, encode_qa, token_logprobs
 from tests.helpers import ROWS
@@ -107,6 +108,39 @@ def test_rouge_l_recall_hand_worked(scored):
     assert rouge_l_recall("", "a x c d") == 0.0
     for _, r in scored.iterrows():
         assert r["rouge_l_recall"] == pytest.approx(rouge_l_recall(r["generated"], r["answer"]))
+
+
+def test_differing_spans_cut_the_common_prefix_and_suffix():
+    assert differing_spans([1, 2, 3, 9, 5], [1, 2, 7, 8, 8, 5]) == (slice(2, 4), slice(2, 5))
+    assert differing_spans([4, 1, 2], [5, 1, 2]) == (slice(0, 1), slice(0, 1))
+    # nothing left on one side (equal lists, or one the other's prefix): the whole lists
+    assert differing_spans([1, 2, 3], [1, 2, 3]) == (slice(0, 3), slice(0, 3))
+    assert differing_spans([1, 2, 3], [1, 2, 3, 4]) == (slice(0, 3), slice(0, 4))
+
+
+def test_value_truth_ratio_and_option_prob_by_hand(model, tok, scored):
+    # each pair (paraphrase c, perturbed w): the tokens where they differ, from an unbatched forward each;
+    # R_value = exp(mean_w [mean log p(w's span) - mean log p(c's span)]), option = 1 / (1 + sum_w exp(...))
+    def tokens_and_logp(question, answer):
+        enc = encode_qa(tok, question, answer)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits
+        logp, mask = token_logprobs(logits, torch.tensor([enc["labels"]]))
+        keep = mask[0].bool()
+        return torch.tensor(enc["input_ids"][1:])[keep].tolist(), logp[0][keep].double()
+
+    for i, row in enumerate(ROWS):
+        c_tok, c_logp = tokens_and_logp(row["question"], row["paraphrased_answer"])
+        logs = []
+        for p in row["perturbed_answer"]:
+            w_tok, w_logp = tokens_and_logp(row["question"], p)
+            a = len(os.path.commonprefix([c_tok, w_tok]))  # the shared head, then the shared tail of the rest
+            b = len(os.path.commonprefix([c_tok[a:][::-1], w_tok[a:][::-1]]))
+            if a + b >= min(len(c_tok), len(w_tok)):  # nothing would be left of one side: the whole answers
+                a, b = 0, 0
+            logs.append(float(w_logp[a:len(w_tok) - b].mean() - c_logp[a:len(c_tok) - b].mean()))
+        assert scored.loc[i, "truth_ratio_value"] == pytest.approx(math.exp(sum(logs) / len(logs)), rel=1e-4)
+        assert scored.loc[i, "option_prob_value"] == pytest.approx(1 / (1 + sum(math.exp(v) for v in logs)), rel=1e-4)
 
 
 def test_score_model_columns_and_splits(model, tok):

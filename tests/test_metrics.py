@@ -73,6 +73,24 @@ def test_model_utility_hand_worked():
     assert METRICS.get("model_utility_lik")(samples, None) == pytest.approx(6 / 13)
 
 
+def test_model_utility_value_hand_worked():
+    # the value variant swaps TOFU's five likelihood terms of retain/ra/wf for their value forms:
+    # retain TR_value mean(max(0, 1-0.5), max(0, 1-1.5)) = 0.25; ra option_prob_value 0.5, TR_value 1 - 0.8 = 0.2;
+    # wf option_prob_value 0.25, TR_value 1 - 0.5 = 0.5; prob and ROUGE as in TOFU's (the sentence columns unused)
+    samples = table({
+        "retain": [{"prob": 0.4, "rouge_l_recall": 0.5, "truth_ratio": 0.01, "truth_ratio_value": 0.5},
+                   {"prob": 0.6, "rouge_l_recall": 0.0, "truth_ratio": 0.01, "truth_ratio_value": 1.5}],
+        "real_authors": [{"option_prob": 0.01, "rouge_l_recall": 1.0, "truth_ratio": 0.99,
+                          "option_prob_value": 0.5, "truth_ratio_value": 0.8}],
+        "world_facts": [{"option_prob": 0.01, "rouge_l_recall": 0.5, "truth_ratio": 0.99,
+                         "option_prob_value": 0.25, "truth_ratio_value": 0.5}],
+    })
+    # terms 0.5, 0.25, 0.25 | 0.5, 1.0, 0.2 | 0.25, 0.5, 0.5 -> 9 / (2+4+4 + 2+1+5 + 4+2+2) = 9/26
+    assert METRICS.get("model_utility_value")(samples, None) == pytest.approx(9 / 26)
+    with pytest.raises(EvalInputError, match="truth_ratio_value"):  # TOFU's own rows have no paraphrase: no value form
+        METRICS.get("model_utility_value")(samples.assign(truth_ratio_value=math.nan), None)
+
+
 def test_model_utility_zero_term_and_missing_split():
     samples = table({
         "retain": [{"prob": 0.5, "rouge_l_recall": 0.5, "truth_ratio": 2.0}],  # TR term = 0
@@ -126,7 +144,7 @@ def test_registry_names_and_unknown_metric():
                  "forget_prob", "forget_rouge", "world_facts_prob", "split_means", "world_facts_option_prob",
                  "real_authors_prob", "real_authors_rouge", "real_authors_option_prob", "real_authors_truth_ratio",
                  "world_facts_option_prob_para", "real_authors_option_prob_para", "world_facts_truth_ratio_para",
-                 "real_authors_truth_ratio_para", "model_utility_para",
+                 "real_authors_truth_ratio_para", "model_utility_para", "model_utility_value",
                  "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "mia_gradnorm", "mia_reference",
                  "extraction_strength", "exact_memorization", "knowmem", "verbmem", "privleak",
                  "privleak_min_k_plus_plus"]:

@@ -19,6 +19,12 @@ For every QA row (question q, answer a, paraphrase ã, perturbations â_i) the t
   ``option_prob_para`` P(ã)/(P(ã) + Σ_i P(â_i)), the same with the template-matched paraphrase;
   ``option_correct_para`` 1 if P(ã) is strictly the largest of P(ã), P(â_i), else 0: the
   multiple-choice accuracy over the same options (a tie counts as 0);
+* ``truth_ratio_value`` and ``option_prob_value`` (forgetlab's variants): ``truth_ratio_para`` and
+  ``option_prob_para`` with each probability length-normalised over the value's tokens alone. ã and
+  each â_i share their template, so a pair differs in a span (`differing_spans`: their common
+  prefix and suffix cut off); P(ã) and P(â_i) are exp(mean log p) over that span, each pair's own,
+  instead of over the whole sentence, in which a one- or two-token value is diluted
+  (docs/metrics.md, "Model utility on the value");
 * ``generated``   the greedy answer; ``rouge_l_recall`` (TOFU) and ``rouge_l_f1`` (MUSE knowmem)
   of it against a;
 * per answer token (list columns, one entry per token of " " + a + eos):
@@ -55,18 +61,19 @@ import functools
 import math
 import zlib
 
+import numpy as np
 import pandas as pd
 
 from forgetlab.eval.forms import FORM_COLUMNS, NO_FORMS, score_forms
 from forgetlab.eval.passes import greedy_continuations, grad_norms, grouped_token_stats, timed, token_stats
 from forgetlab.metrics import EvalInputError
-from forgetlab.qa import encode_prompt, encode_qa, qa_parts
+from forgetlab.qa import IGNORE, encode_prompt, encode_qa, qa_parts
 
 COLUMNS = [
     "split", "id", "entity_id", "attribute", "question", "answer",
     "answer_nll", "answer_tokens", "prob", "paraphrased_nll", "paraphrased_prob",
     "perturbed_nll", "perturbed_prob", "truth_ratio", "truth_ratio_para", "generated", "rouge_l_recall",
-    "option_prob", "option_prob_para", "option_correct_para", "rouge_l_f1", "answer_token_logp", "answer_token_match", "answer_token_mu",
+    "option_prob", "option_prob_para", "option_correct_para", "truth_ratio_value", "option_prob_value", "rouge_l_f1", "answer_token_logp", "answer_token_match", "answer_token_mu",
     "answer_token_sigma", "answer_zlib", "grad_norm",
     "verbmem_prefix_tokens", "verbmem_continuation", "verbmem_generated", "verbmem_rouge_l_f1",
     *FORM_COLUMNS,
@@ -108,9 +115,39 @@ def rouge_l_f1(generated: str, reference: str) -> float:
     return float(rouge_l(generated, reference).fmeasure)
 
 
+def differing_spans(a: list[int], b: list[int]) -> tuple[slice, slice]:
+    """The spans of two token lists left once their common prefix and suffix are cut off: where a
+    paraphrase and a perturbed answer written in one template differ (the value). The whole lists
+    where that leaves either span empty."""
+    p = 0
+    while p < min(len(a), len(b)) and a[p] == b[p]:
+        p += 1
+    q = 0
+    while q < min(len(a), len(b)) - p and a[-1 - q] == b[-1 - q]:
+        q += 1
+    if p + q >= min(len(a), len(b)):
+        return slice(0, len(a)), slice(0, len(b))
+    return slice(p, len(a) - q), slice(p, len(b) - q)
+
+
+def value_ratios(correct: tuple[list[int], np.ndarray], perturbed: list[tuple[list[int], np.ndarray]]) -> list[float]:
+    """log(P(w) / P(c)) for each perturbed answer w against the correct one c, each probability
+    length-normalised over the pair's differing span only (`differing_spans`; tokens and their log p)."""
+    out = []
+    for tokens, logp in perturbed:
+        c, w = differing_spans(correct[0], tokens)
+        out.append(float(np.mean(logp[w]) - np.mean(correct[1][c])))
+    return out
+
+
 def ratio_exp(x: float) -> float:
     """exp(x) of a log ratio: inf where it overflows (an unlearned model's answer NLL can be large)."""
     return math.inf if x >= 700 else math.exp(x)  # NaN stays NaN
+
+
+def supervised(encoding: dict) -> list[int]:
+    """The tokens an encoding's TokenStats are of, in order: its labels but the first, unsupervised ones dropped."""
+    return [t for t in encoding["labels"][1:] if t != IGNORE]
 
 
 def pad_id(tokenizer) -> int:
@@ -216,6 +253,8 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
         options = math.exp(-nll) / (math.exp(-nll) + sum(pert_probs)) if n_pert else math.nan
         options_para = para_prob / (para_prob + sum(pert_probs)) if has_para and n_pert else math.nan
         correct_para = float(para_prob > max(pert_probs)) if has_para and n_pert else math.nan
+        value = value_ratios((supervised(encoded[a0 + 1]), stats[a0 + 1].logp),
+                             [(supervised(encoded[j]), stats[j].logp) for j in range(k, k + n_pert)]) if has_para else []
         records.append({
             "split": split,
             "id": r.get("id"),
@@ -237,6 +276,8 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
             "option_prob": options,
             "option_prob_para": options_para,
             "option_correct_para": correct_para,
+            "truth_ratio_value": ratio_exp(sum(value) / len(value)) if value else math.nan,
+            "option_prob_value": 1 / (1 + sum(math.exp(v) for v in value)) if value else math.nan,
             "rouge_l_f1": rouge_l_f1(gen, r["answer"]) if gen is not None else math.nan,
             "answer_token_logp": ans.logp.tolist(),
             "answer_token_match": ans.match.tolist(),
