@@ -52,38 +52,52 @@ PARA_NAMES = [f"{split}:{column}" for split, column in UTILITY_TERMS_PARA]
 VALUE_NAMES = [f"{split}:{column}" for split, column in UTILITY_TERMS_VALUE]
 
 
-def models(res: Path) -> pd.DataFrame:
-    """One row per evaluated model (not the pretrained one): its grid coordinates and nine terms."""
+VALUE_ROUGE = ("real_authors", "world_facts")
+
+
+def answer_values(data: Path) -> dict[tuple[str, str], str]:
+    """(split, row id) -> the row's value (`cloze_answer`) on real_authors and world_facts."""
+    values = {}
+    for split in VALUE_ROUGE:
+        for line in (data / "qa" / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            values[(split, row["id"])] = row["cloze_answer"]
+    return values
+
+
+def value_rouge_terms(samples: pd.DataFrame, values: dict) -> dict[str, float]:
+    """The real_authors and world_facts ROUGE terms on the answer's value (see the module's text),
+    under the keys `<split>:rouge_value`."""
+    out = {}
+    for split in VALUE_ROUGE:
+        s = samples[samples.split == split]
+        out[f"{split}:rouge_value"] = float(np.mean([rouge_l_recall(g or "", values[(split, k)])
+                                                     for g, k in zip(s["generated"], s["id"])]))
+    return out
+
+
+def models(res: Path, values: dict) -> pd.DataFrame:
+    """One row per evaluated model (not the pretrained one): its grid coordinates, its terms of
+    every utility form and its value ROUGE terms (`values`: answer_values), each table read once."""
     rows = []
     for metrics in sorted((res / "eval").rglob("metrics.json")):
         head = json.loads(metrics.read_text())
         if head.get("model") in (None, "pretrained") or "sequential" in metrics.parts:
             continue
         samples = pd.read_parquet(metrics.parent / "samples.parquet")
-        rows.append({"dir": str(metrics.parent), "model_path": head["model_path"], "model": head["model"], "method": head.get("method"),
+        rows.append({"model_path": head["model_path"], "model": head["model"], "method": head.get("method"),
                      "regularizer": head.get("regularizer"), "path": head.get("path"), "seed": head.get("seed"),
                      **dict(zip(NAMES, utility_terms(samples))),
                      **dict(zip(PARA_NAMES, utility_terms(samples, UTILITY_TERMS_PARA))),
                      **(dict(zip(VALUE_NAMES, utility_terms(samples, UTILITY_TERMS_VALUE)))
-                        if "truth_ratio_value" in samples else {})})
+                        if "truth_ratio_value" in samples else {}),
+                     **value_rouge_terms(samples, values)})
     return pd.DataFrame(rows)
 
 
-def value_rouge(frame: pd.DataFrame, data: Path) -> pd.DataFrame:
-    """The real_authors and world_facts ROUGE terms on the answer's value (see the module's text)."""
-    values = {}
-    for split in ("real_authors", "world_facts"):
-        for line in (data / "qa" / f"{split}.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            values[(split, row["id"])] = row["cloze_answer"]
-    out = frame.copy()
-    for i, r in frame.iterrows():
-        samples = pd.read_parquet(Path(r["dir"]) / "samples.parquet")
-        for split in ("real_authors", "world_facts"):
-            s = samples[samples.split == split]
-            out.loc[i, f"{split}:rouge_l_recall"] = float(np.mean(
-                [rouge_l_recall(g or "", values[(split, k)]) for g, k in zip(s["generated"], s["id"])]))
-    return out
+def value_rouge(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its real_authors and world_facts ROUGE terms on the answer's value."""
+    return frame.assign(**{f"{split}:rouge_l_recall": frame[f"{split}:rouge_value"] for split in VALUE_ROUGE})
 
 
 def answer_template(frame: pd.DataFrame, res: Path, data: Path) -> pd.DataFrame:
@@ -151,13 +165,13 @@ def main() -> None:
     ap.add_argument("--rescore", action="store_true", help="also the answer_template counterfactual (loads every model)")
     args = ap.parse_args()
     res, data = Path("results") / args.study, Path("data") / args.study
-    frame = models(res)
+    frame = models(res, answer_values(data))
     if not (frame.model == "unlearned").any():
         raise SystemExit(f"no evaluated unlearned model under {res / 'eval'}: run the study first")
     figures = {"tofu": report(frame), "para": report(frame, PARA_NAMES)}
     if set(VALUE_NAMES) <= set(frame):  # a study evaluated before the value columns existed has none
         figures["value"] = report(frame, VALUE_NAMES)
-    figures["value_rouge"] = report(value_rouge(frame, data))
+    figures["value_rouge"] = report(value_rouge(frame))
     if args.rescore:
         figures["answer_template"] = report(answer_template(frame, res, data))
     titles = {"tofu": "TOFU's model utility (the study's)",

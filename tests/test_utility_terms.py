@@ -48,11 +48,11 @@ def test_value_rouge_scores_the_greedy_answer_against_the_value(tmp_path):
     facts = {"real_authors": ("r0_birthplace", "Marrakesh"), "world_facts": ("p0_father_job", "surgeon")}
     for split, (row_id, value) in facts.items():
         (data / "qa" / f"{split}.jsonl").write_text(json.dumps({"id": row_id, "cloze_answer": value}) + "\n")
-    pd.DataFrame({"split": ["real_authors", "world_facts"], "id": ["r0_birthplace", "p0_father_job"],
-                  "generated": ["Wendel Mimlal is a native of Marrakesh.", "Petra Tunfim's father worked as a fisherman."]}
-                 ).to_parquet(tmp_path / "samples.parquet")
-    frame = pd.DataFrame([{"dir": str(tmp_path), **{n: 0.5 for n in terms.NAMES}}])
-    out = terms.value_rouge(frame, data)
+    samples = pd.DataFrame({"split": ["real_authors", "world_facts"], "id": ["r0_birthplace", "p0_father_job"],
+                            "generated": ["Wendel Mimlal is a native of Marrakesh.",
+                                          "Petra Tunfim's father worked as a fisherman."]})
+    frame = pd.DataFrame([{**{n: 0.5 for n in terms.NAMES}, **terms.value_rouge_terms(samples, terms.answer_values(data))}])
+    out = terms.value_rouge(frame)
     # the value named: recall 1; a wrong value in the right sentence: 0 (against the sentence it was 7/8)
     assert out.loc[0, "real_authors:rouge_l_recall"] == 1.0 and out.loc[0, "world_facts:rouge_l_recall"] == 0.0
     assert out.loc[0, "retain:prob"] == 0.5  # every other term as it was

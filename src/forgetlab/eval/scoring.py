@@ -277,7 +277,7 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
             "option_prob_para": options_para,
             "option_correct_para": correct_para,
             "truth_ratio_value": ratio_exp(sum(value) / len(value)) if value else math.nan,
-            "option_prob_value": 1 / (1 + sum(math.exp(v) for v in value)) if value else math.nan,
+            "option_prob_value": 1 / (1 + sum(ratio_exp(v) for v in value)) if value else math.nan,
             "rouge_l_f1": rouge_l_f1(gen, r["answer"]) if gen is not None else math.nan,
             "answer_token_logp": ans.logp.tolist(),
             "answer_token_match": ans.match.tolist(),
