@@ -2,7 +2,11 @@
 the instrument's figures (issue 13's section 3 targets) and the findings from a finished study's
 outputs, so that no number in either is typed by hand.
 
-    python benchmarks/study_tables.py [--study benchmark] [--readme README.md] [--out docs/results.md]
+    python benchmarks/study_tables.py [--study benchmark] [--config config/config.yaml] [--readme README.md]
+                                      [--out docs/results.md]
+
+Model utility in the headline table and the instrument's criterion is the study's (the config's
+`report.utility`, TOFU's `model_utility` by default); TOFU's figures are printed beside it.
 
 The README's table sits between the markers `<!-- results:start -->` and `<!-- results:end -->`;
 the figure `forget_quality_vs_utility.png` is copied to docs/figures/.
@@ -18,13 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy.stats import spearmanr
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-COLUMNS = {"forget_quality": "forget quality", "model_utility": "model utility", "forget_prob": "forget prob",
+COLUMNS = {"forget_quality": "forget quality", "model_utility_value": "model utility (value)",
+           "model_utility": "model utility (TOFU)", "forget_prob": "forget prob",
            "retain_prob": "retain prob", "mia_loss": "MIA (loss) AUC", "steps_to_threshold": "steps to threshold",
            "threshold_reached": "reached oracle", "matched_forget_quality": "matched forget quality",
-           "matched_model_utility_lik": "matched utility (no ROUGE)", "collapsed": "collapsed"}
+           "matched_model_utility_value_lik": "matched utility (value, no ROUGE)",
+           "matched_model_utility_lik": "matched utility (TOFU, no ROUGE)", "collapsed": "collapsed"}
+MATCHED_UTILITY = {"model_utility": "model_utility_lik", "model_utility_value": "model_utility_value_lik"}
 
 
 def fmt(x: float) -> str:
@@ -46,22 +54,24 @@ def table(frame: pd.DataFrame, index: list[str], columns: dict[str, str]) -> str
     return "\n".join([head, rule, *rows])
 
 
-def headline(summary: pd.DataFrame) -> pd.DataFrame:
+def headline(summary: pd.DataFrame, utility: str = "model_utility") -> pd.DataFrame:
     """Per regularizer: the target's forget quality against its oracle, and the unlearned models'
-    median forget quality and mean model utility over the methods."""
+    median forget quality and mean model utility (the study's, `utility`) over the methods."""
     rows = []
     for reg, g in summary[summary.regularizer.notna()].groupby("regularizer", sort=False):
         target, oracle = g[g.model == "target"], g[g.model == "oracle"]
         unlearned = g[g.model == "unlearned"]
         rows.append({"regularizer": reg, "target_fq": target.forget_quality.mean(),
-                     "oracle_mu": oracle.model_utility.mean(), "target_mu": target.model_utility.mean(),
+                     "oracle_mu": oracle[utility].mean(), "target_mu": target[utility].mean(),
                      "unlearned_fq": float(np.median(unlearned.forget_quality)) if len(unlearned) else np.nan,
-                     "unlearned_mu": unlearned.model_utility.mean()})
+                     "unlearned_mu": unlearned[utility].mean()})
     return pd.DataFrame(rows)
 
 
-def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltime: dict | None) -> pd.DataFrame:
-    """Issue 13's section 3 targets, each measured on the study (means over regularizers and seeds)."""
+def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltime: dict | None,
+               utility: str = "model_utility") -> pd.DataFrame:
+    """Issue 13's section 3 targets, each measured on the study (means over regularizers and seeds);
+    model utility is the study's (`utility`, its config's report.utility), TOFU's beside it."""
     def mean(model: str, column: str, regularizer: str | None = None) -> float:
         rows = summary[(summary.model == model) & ((summary.regularizer == regularizer) if regularizer else True)]
         return float(rows[column].mean()) if column in rows and len(rows) else np.nan
@@ -73,21 +83,21 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
     entries = sorted(summary.loc[summary.model == "target", "regularizer"].dropna().unique())
 
     unlearned = summary[summary.model == "unlearned"]
-    def spearman(rows: pd.DataFrame, utility: str = "model_utility") -> float:
-        return (spearmanr(rows[utility], rows.retain_prob).statistic
-                if {utility, "retain_prob"} <= set(rows.columns) and len(rows) > 2 else np.nan)
+    def spearman(rows: pd.DataFrame, column: str = utility, other: str = "retain_prob") -> float:
+        return (spearmanr(rows[column], rows[other]).statistic
+                if {column, other} <= set(rows.columns) and len(rows) > 2 else np.nan)
 
     rho = spearman(unlearned)
-    by_path = ([spearman(g) for _, g in unlearned.groupby("path")]
-               if "path" in unlearned and unlearned.path.notna().any() else [])
+    paths = "path" in unlearned and unlearned.path.notna().any()
+    by_path = [spearman(g) for _, g in unlearned.groupby("path")] if paths else []
     by_entry = [spearman(g) for _, g in unlearned.groupby("regularizer")] if len(unlearned) else []
     # unlearning's own damage: each unlearned model's retain prob and utility minus its target's
     # (the same regularizer entry, path, split and seed), so that a regularizer's offset in utility
     # from fine-tuning (e.g. world knowledge it cost) does not decide the ranks
     keys = [c for c in ("regularizer", "path", "split", "seed") if c in summary and summary[c].notna().any()]
-    targets = summary.loc[summary.model == "target", keys + ["retain_prob", "model_utility"]]
+    targets = summary.loc[summary.model == "target", keys + ["retain_prob", utility]]
     paired = unlearned.merge(targets, on=keys, suffixes=("", "_target")) if len(unlearned) else unlearned
-    rho_change = (spearmanr(paired.model_utility - paired.model_utility_target,
+    rho_change = (spearmanr(paired[utility] - paired[f"{utility}_target"],
                             paired.retain_prob - paired.retain_prob_target).statistic if len(paired) > 2 else np.nan)
     run = [c for c in ("regularizer", "seed", "path", "split", "method") if trajectories is not None and c in trajectories]
     points = (trajectories.groupby(run, dropna=False).size().min()
@@ -110,22 +120,21 @@ def instrument(summary: pd.DataFrame, trajectories: pd.DataFrame | None, walltim
          mean("pretrained", "world_facts_option_accuracy")),
         ("target's world-facts multiple-choice accuracy (not a target; collateral damage of fine-tuning)", "-",
          mean("target", "world_facts_option_accuracy")),
-        ("Spearman rank correlation of model utility with retain prob, unlearned models", ">= 0.8", rho),
+        (f"Spearman rank correlation of model utility (the study's, `{utility}`) with retain prob, unlearned models",
+         ">= 0.8", rho),
         ("the same within each training path (the smallest; the paths differ in world knowledge)", ">= 0.8",
          min(by_path) if by_path else np.nan),
         ("the same within each regularizer entry (the smallest; the entries differ in utility after fine-tuning)", "-",
          min(by_entry) if by_entry else np.nan),
         ("the same on each unlearned model's change from its own target (utility and retain prob minus the target's)",
          "-", rho_change),
-        ("the same with forgetlab's `model_utility_value` (truth ratios and option probs on the value's tokens; "
-         "docs/metrics.md)", "-", spearman(unlearned, "model_utility_value")),
+        ("the same with TOFU's `model_utility` (whole-answer truth ratios and option probs)", "-",
+         spearman(unlearned, "model_utility") if utility != "model_utility" else np.nan),
         ("the same within each training path (the smallest)", "-",
-         min(spearman(g, "model_utility_value") for _, g in unlearned.groupby("path"))
-         if by_path and "model_utility_value" in unlearned else np.nan),
-        ("Spearman of the matched comparison's utility (model utility without ROUGE) with model utility, "
-         "unlearned models at the end of the run", "-",
-         spearmanr(unlearned.model_utility_lik, unlearned.model_utility).statistic
-         if {"model_utility_lik", "model_utility"} <= set(unlearned.columns) and len(unlearned) > 2 else np.nan),
+         min(spearman(g, "model_utility") for _, g in unlearned.groupby("path"))
+         if paths and utility != "model_utility" else np.nan),
+        ("Spearman of the matched comparison's utility (the same without ROUGE) with model utility, "
+         "unlearned models at the end of the run", "-", spearman(unlearned, MATCHED_UTILITY.get(utility, ""), utility)),
         ("share of unlearned runs reaching the oracle's forget prob", ">= 0.5", float(unlearned.threshold_reached.mean())
          if "threshold_reached" in unlearned else np.nan),
         ("share of unlearned runs collapsed", "flagged", float(unlearned.collapsed.mean())
@@ -151,6 +160,7 @@ def findings_excerpt(text: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="benchmark")
+    ap.add_argument("--config", default="config/config.yaml", help="the study's config (its report.utility)")
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--out", default="docs/results.md")
     args = ap.parse_args()
@@ -159,14 +169,15 @@ def main() -> None:
     date = datetime.date.fromtimestamp((res / "summary.csv").stat().st_mtime).isoformat()
     seeds = sorted(summary.seed.dropna().astype(int).unique())
 
-    head = headline(summary)
+    utility = (yaml.safe_load(Path(args.config).read_text()).get("report") or {}).get("utility", "model_utility")
+    head = headline(summary, utility)
     short = table(head, ["regularizer"], {"target_fq": "target vs oracle: forget quality", "target_mu": "target utility",
                                           "oracle_mu": "oracle utility", "unlearned_fq": "unlearned: median forget quality",
                                           "unlearned_mu": "unlearned: mean utility"})
     trajectories = pd.read_csv(res / "trajectories.csv") if (res / "trajectories.csv").exists() else None
     walltime_file = Path("benchmarks/results/study_walltime.json")
     walltime = json.loads(walltime_file.read_text()) if walltime_file.exists() else None
-    inst = instrument(summary, trajectories, walltime)
+    inst = instrument(summary, trajectories, walltime, utility)
     inst_table = "\n".join(["| figure | target | measured |", "|---|---|---|",
                             *[f"| {r.figure} | {r.target} | {count(r.measured)} |" for r in inst.itertuples()]])
     findings = (res / "findings.md").read_text() if (res / "findings.md").exists() else ""
@@ -175,8 +186,11 @@ def main() -> None:
              f"{', '.join(map(str, seeds))}; tables written by `python benchmarks/study_tables.py`):\n\n{short}\n\n"
              "![forget quality against model utility](docs/figures/forget_quality_vs_utility.png)\n\n"
              "Forget quality is TOFU's KS p-value of the forget truth ratios against the oracle's (1: "
-             "indistinguishable from a model that never saw the forget set); model utility is TOFU's 9-term "
-             "harmonic mean. The full tables are in [docs/results.md](docs/results.md).\n\n"
+             "indistinguishable from a model that never saw the forget set); model utility is "
+             + (f"`{utility}`, TOFU's 9-term harmonic mean with its truth ratios and option probs taken on the "
+                "value's tokens (docs/metrics.md, \"Model utility on the value\"; TOFU's `model_utility` is in "
+                "every table)" if utility == "model_utility_value" else "TOFU's 9-term harmonic mean")
+             + ". The full tables are in [docs/results.md](docs/results.md).\n\n"
              "**Findings** (`results/<study>/findings.md`, written by the report from `paired_tests.csv` and "
              "`path_tests.csv`): each line is a regularizer against `none`, or a training path against the "
              "reference path `authors_world` (over all regularizers, or per regularizer, in brackets). The unit "

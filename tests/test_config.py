@@ -57,6 +57,9 @@ def mutated(edit):
         (lambda c: c["unlearn"].update(eval_every=-1), "unlearn.eval_every"),
         (lambda c: c["methods"]["npo"].update(plugins=["salun"]), "methods.npo.plugins[0].name: unknown unlearning plug-in 'salun'"),
         (lambda c: c["methods"]["npo"].update(plugins=[{"name": "Saliency"}]), "methods.npo.plugins.0"),
+        (lambda c: c.update(report={"utility": "model_utility_para"}), "report.utility"),  # not a tested utility
+        (lambda c: c.update(report={"utility": "model_utility_value"}) or c["evaluate"].update(metrics=["forget_quality"]),
+         "report.utility: 'model_utility_value' is not one of evaluate.metrics"),
     ],
 )
 def test_bad_config_names_the_key(edit, key):

@@ -87,6 +87,9 @@ def test_model_utility_value_hand_worked():
     })
     # terms 0.5, 0.25, 0.25 | 0.5, 1.0, 0.2 | 0.25, 0.5, 0.5 -> 9 / (2+4+4 + 2+1+5 + 4+2+2) = 9/26
     assert METRICS.get("model_utility_value")(samples, None) == pytest.approx(9 / 26)
+    # its likelihood-only form drops the three ROUGE terms: 0.5, 0.25 | 0.5, 0.2 | 0.25, 0.5
+    # -> 6 / (2+4 + 2+5 + 4+2) = 6/19
+    assert METRICS.get("model_utility_value_lik")(samples, None) == pytest.approx(6 / 19)
     with pytest.raises(EvalInputError, match="truth_ratio_value"):  # TOFU's own rows have no paraphrase: no value form
         METRICS.get("model_utility_value")(samples.assign(truth_ratio_value=math.nan), None)
 

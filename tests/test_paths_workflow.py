@@ -118,12 +118,16 @@ def test_the_summary_has_a_row_per_model_of_each_path(study):
 def test_the_cross_path_tables(study):
     summary = pd.read_csv(study / "summary.csv")
     spread = pd.read_csv(study / "path_spread.csv")
-    assert set(spread["metric"]) == {"forget_quality", "model_utility", "steps_to_threshold"}  # no relearn_recovery here
+    # no relearn_recovery here; the study's utility (report.utility: model_utility_value) in TOFU's place
+    assert set(spread["metric"]) == {"forget_quality", "model_utility_value", "steps_to_threshold"}
     assert (spread["n_paths"] == 2).all() and (spread["spread"] >= 0).all()
     assert set(spread["method"]) == {"grad_ascent", "npo", "target"}
     tests = pd.read_csv(study / "path_tests.csv")
     assert set(tests["path"]) == {"world_authors"} and set(tests["reference_path"]) == {"authors_world"}
     assert (tests["n_model_pairs"] == 4).all() and (tests["n_pairs"] == 2).all()  # 2 methods x 2 seeds; the seed is the unit
+    assert "model_utility_value" in set(tests["metric"]) and "model_utility" not in set(tests["metric"])
+    assert "world_authors vs authors_world (all regularizers): model utility on the value after unlearning" in (
+        study / "findings.md").read_text()
     cross = pd.read_csv(study / "cross_oracle.csv")
     assert len(cross) == 2 * 2 * 3 * 2  # seeds x model paths x (target, 2 methods) x oracle paths
     own = cross[cross["own_oracle"]].merge(

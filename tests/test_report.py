@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from forgetlab import findings
 from forgetlab.recipes import report
 from forgetlab.stats import STATS_COLUMNS, TEST_COLUMNS, bootstrap_ci
 
@@ -142,6 +143,28 @@ def test_paired_tests_of_the_synthetic_study(built):
     order = ["model_utility", "forget_quality"]  # Holm: 2 * 0.058, then the running max with 0.5
     assert row.loc[order, "p_holm"].tolist() == pytest.approx([2 * p_mu, 0.5])
     assert not row["reject"].any()
+
+
+def test_the_study_utility_takes_tofus_place_in_the_tests_and_findings():
+    # config report.utility: model_utility_value. TOFU's utility is the same for both regularizers, the
+    # value utility is `utility` (dropout better by 0.05 and 0.06 in the two seeds), its matched form 0.1 lower
+    rows = [{"model": "unlearned", "regularizer": reg, "method": method, "split": SPLIT, "seed": seed, "collapsed": False,
+             "forget_quality": 0.1, "model_utility": 0.3, "matched_model_utility_lik": 0.2,
+             "model_utility_value": utility(reg, method, seed), "matched_model_utility_value_lik": utility(reg, method, seed) - 0.1}
+            for reg in REGS for method in METHODS for seed in SEEDS]
+    assert report.tested_metrics("model_utility_value") == {
+        "forget_quality": "log10", "model_utility_value": "identity", "matched_forget_quality": "log10",
+        "matched_model_utility_value_lik": "identity"}
+    assert report.tested_metrics() == report.TESTED  # the default: TOFU's
+    tests = report.paired(pd.DataFrame(rows), utility="model_utility_value")
+    assert set(tests["metric"]) == {"forget_quality", "model_utility_value", "matched_model_utility_value_lik"}
+    row = tests.set_index("metric")
+    # seed means of the dropout - none differences: 0.05 and 0.06 -> 0.055, on both utility rows
+    assert row.loc["model_utility_value", "mean_diff"] == pytest.approx(0.055)
+    assert row.loc["matched_model_utility_value_lik", "mean_diff"] == pytest.approx(0.055)
+    lines = [line for section in findings.sections(tests).values() for line in section]
+    assert any(line.startswith("dropout vs none: model utility on the value after unlearning +0.055 [") for line in lines)
+    assert not any("model utility after unlearning" in line for line in lines)
 
 
 def test_trajectories_are_labelled_with_their_model(built):

@@ -9,8 +9,9 @@ that id names a log under .snakemake/slurm_logs/.
 
 The evaluations are grouped exactly as the profile groups them. The command line only tunes the
 run for a 2-core machine, where each scheduling round trip costs more than a smoke job: the plugin
-polls squeue 1 s after a job ends instead of 40 s (and backs off by 10 s per idle poll), and the
-other short jobs share sbatch jobs too: data, pretraining and the pretrained evaluation one, each
+polls squeue 1 s after a job ends instead of 40 s, snakemake runs through tests/slurm_snakemake.py,
+which caps the plugin's backoff between idle polls at 3 s (it adds 10 s per idle poll, and has no
+option for it), and the other short jobs share sbatch jobs too: data, pretraining and the pretrained evaluation one, each
 fine-tuning chain (a target and its unlearned models; an oracle; a soup and its ingredients) one,
 report and track one.
 """
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,14 +108,15 @@ def slurm_study(slurm_cluster, tmp_path_factory):
     (work / RESOURCES).write_text(yaml.safe_dump({"resources": resources}))
     (work / CONFIG).write_text(yaml.safe_dump(slurm_smoke_config()))
     cmd = [
-        "snakemake", "--profile", "profiles/slurm", "--configfile", CONFIG, RESOURCES,
+        sys.executable, REPO / "tests" / "slurm_snakemake.py", "--profile", "profiles/slurm", "--configfile", CONFIG, RESOURCES,
         # test-machine tuning: poll squeue soon after each job, and fewer, longer sbatch jobs
         "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
         "--groups", *[f"{rule}=setup" for rule in SETUP_RULES], *[f"{rule}=train" for rule in TRAIN_RULES],
         "report=finish", "track=finish",
     ]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=work, env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run([str(c) for c in cmd], cwd=work, env=cli_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         pytest.fail(failure_report(work, proc))
@@ -221,3 +224,13 @@ def test_the_profile_takes_each_stage_s_resources_from_the_study_config(tmp_path
     per_job = yaml.safe_load((work / "profiles" / "slurm" / "config.yaml").read_text())["group-components"]["evaluate"]
     components = len(config["regularizers"]) * len(config["seeds"]) * len(config["splits"])
     assert plan.count("Group job evaluate") == -(-components // per_job)
+
+
+def test_the_launcher_caps_the_plugins_poll_backoff():
+    import tests.slurm_snakemake as launcher
+
+    executor = launcher.Executor.__new__(launcher.Executor)  # the property alone; no workflow needed
+    executor.next_seconds_between_status_checks = 41  # the plugin's wait after four idle polls from 1 s
+    assert executor.next_seconds_between_status_checks == launcher.CAP == 3
+    executor.next_seconds_between_status_checks = 1  # after a finished job: back to the initial wait
+    assert executor.next_seconds_between_status_checks == 1

@@ -78,7 +78,7 @@ def test_trajectory_is_recorded_every_eval_every_steps(method, tiny_model_dir, s
     assert [m.value for m in history] == pytest.approx(traj["forget_prob"].tolist())
     assert len(client.get_metric_history(run.info.run_id, "traj_forget_truth_ratio")) == 4
     assert list(traj.columns) == ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
-                                  "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik"]
+                                  "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik", "utility_value_lik"]
     # where the probability mass goes: the paraphrase's and the perturbed answers' probability, as evaluated
     assert traj["forget_paraphrased_prob"].iloc[0] == pytest.approx(target["paraphrased_prob"].mean(), rel=1e-6)
     assert traj["forget_perturbed_prob"].iloc[0] == pytest.approx(target["perturbed_prob"].mean(), rel=1e-6)
@@ -109,6 +109,9 @@ def test_trajectory_rows_sets_the_subsets_each_point_scores(tiny_model_dir, smok
         for split in ("real_authors", "world_facts")]
     utility = METRICS.get("model_utility_lik")(pd.concat([target, *others], ignore_index=True))
     assert traj["utility_lik"].iloc[0] == pytest.approx(utility, rel=1e-6) and 0 < utility < 1
+    # and utility_value_lik: the same six terms on the value's tokens (model_utility_value_lik), on the same subsets
+    value = METRICS.get("model_utility_value_lik")(pd.concat([target, *others], ignore_index=True))
+    assert traj["utility_value_lik"].iloc[0] == pytest.approx(value, rel=1e-6) and 0 < value < 1 and value != utility
     assert len(retain) > 6 and target["prob"].mean() != pytest.approx(
         score_split(load_model(tiny_model_dir), load_tokenizer(tiny_model_dir), retain[:6], "retain",
                     generate=False)["prob"].mean(), rel=1e-6)
@@ -148,7 +151,7 @@ def matched_inputs():
     traj = pd.DataFrame({"step": [0, 10, 20], "forget_prob": [0.8, 0.5, 0.2], "retain_prob": [0.9, 0.6, 0.3],
                          "forget_truth_ratio": [0.9, 0.6, 0.3], "retain_truth_ratio": [0.5, 0.5, 0.2],
                          "forget_paraphrased_prob": [0.7, 0.4, 0.1], "forget_perturbed_prob": [0.1, 0.2, 0.5],
-                         "utility_lik": [0.6, 0.45, 0.3]})
+                         "utility_lik": [0.6, 0.45, 0.3], "utility_value_lik": [0.9, 0.75, 0.15]})
     ratios = {0: [0.5, 0.6, 0.7, 0.8], 10: ORACLE_TR, 20: [0.5, 0.6, 0.7, 0.8]}
     samples = pd.DataFrame([(step, i, r) for step, rs in ratios.items() for i, r in enumerate(rs)],
                            columns=["step", "id", "truth_ratio"])
@@ -167,9 +170,11 @@ def test_matched_metrics_interpolate_between_the_points_around_the_crossing():
     assert m["matched_forget_paraphrased_prob"] == pytest.approx(0.3)
     assert m["matched_forget_perturbed_prob"] == pytest.approx(0.3)
     assert m["matched_model_utility_lik"] == pytest.approx(0.4)  # 0.45 - 0.15 / 3
-    # an older trajectory without utility_lik: the key is NaN, the rest unchanged
-    old = matched_metrics(traj.drop(columns="utility_lik"), samples, 0.4, oracle)
-    assert math.isnan(old["matched_model_utility_lik"]) and old["matched_retain_prob"] == pytest.approx(0.5)
+    assert m["matched_model_utility_value_lik"] == pytest.approx(0.55)  # 0.75 - 0.6 / 3
+    # an older trajectory without utility_lik and utility_value_lik: the keys are NaN, the rest unchanged
+    old = matched_metrics(traj.drop(columns=["utility_lik", "utility_value_lik"]), samples, 0.4, oracle)
+    assert math.isnan(old["matched_model_utility_lik"]) and math.isnan(old["matched_model_utility_value_lik"])
+    assert old["matched_retain_prob"] == pytest.approx(0.5)
     # log10 forget quality: 2/3 * log10(1) + 1/3 * log10(1/35)
     assert m["matched_forget_quality"] == pytest.approx(35 ** (-1 / 3))
 
@@ -199,3 +204,10 @@ def test_utility_lik_is_nan_where_the_data_lacks_a_term():
     assert math.isnan(likelihood_utility(full[full.split != "world_facts"]))  # no world_facts split
     no_tr = full.assign(truth_ratio=[math.nan, 0.5, 0.5])  # TOFU's retain split: no perturbed answers
     assert math.isnan(likelihood_utility(no_tr))
+    from forgetlab.metrics.model_utility_value import model_utility_value_lik
+
+    # the value form: NaN without its columns (TOFU's rows have no paraphrase, so no value span)
+    assert math.isnan(likelihood_utility(full, model_utility_value_lik))
+    value = full.assign(option_prob_value=[math.nan, 0.25, 0.25], truth_ratio_value=[0.75, 0.75, 0.75])
+    # terms: retain prob 0.5, TR 0.25 | ra 0.25, 0.25 | wf 0.25, 0.25 -> 6 / (2 + 4 * 5) = 6/22
+    assert likelihood_utility(value, model_utility_value_lik) == pytest.approx(6 / 22)

@@ -135,6 +135,9 @@ def check_config(config: dict) -> None:
     for i, name in enumerate(config["evaluate"]["metrics"]):
         if name not in METRICS:
             raise ConfigError(f"config key evaluate.metrics[{i}]: unknown metric {name!r}; known: {METRICS.names()}")
+    utility = (config.get("report") or {}).get("utility")
+    if utility and utility not in config["evaluate"]["metrics"]:
+        raise ConfigError(f"config key report.utility: {utility!r} is not one of evaluate.metrics, so no model has it")
     init_from = config["model"].get("init_from")
     if init_from and not Path(init_from).is_dir():
         raise ConfigError(f"config key model.init_from: checkpoint directory {init_from} does not exist")
@@ -403,5 +406,7 @@ def stage_params(config: dict, stage: str, **coords: Any) -> dict:
             params["paths"] = paths.study_paths(config)
         if aa_controls(config):  # absent: no A/A control (existing studies' params unchanged)
             params["aa_controls"] = aa_controls(config)
+        if (config.get("report") or {}).get("utility"):  # absent: TOFU's model_utility
+            params["utility"] = config["report"]["utility"]
         return params
     raise ConfigError(f"unknown stage {stage!r}")

@@ -33,6 +33,8 @@ LABELS = {
     "model_utility": "model utility after unlearning",
     "matched_forget_quality": "log10 forget quality at the oracle's forget prob. (matched)",
     "matched_model_utility_lik": "model utility without ROUGE at the oracle's forget prob. (matched)",
+    "model_utility_value": "model utility on the value after unlearning",
+    "matched_model_utility_value_lik": "model utility on the value without ROUGE at the oracle's forget prob. (matched)",
     "steps_to_threshold": "steps to the oracle's forget prob.",
     "relearn_recovery": "relearning recovery",
 }

@@ -39,6 +39,11 @@ KEYS = ["regularizer", "method", "split", "seed"]
 UNITS = ("split", "seed")  # the independent replicates of the path tests: a seed's differences are averaged
 MEASURED = {"forget_quality": "log10", "model_utility": "identity", "steps_to_threshold": "identity",
             "relearn_recovery": "identity"}  # metric -> the scale it is compared on
+
+
+def measured(utility: str = "model_utility") -> dict[str, str]:
+    """MEASURED with the study's utility (config report.utility) in model utility's place."""
+    return {(utility if m == "model_utility" else m): scale for m, scale in MEASURED.items()}
 MASS = {"forget_prob": "forget answer", "forget_paraphrased_prob": "paraphrased answer",
         "forget_perturbed_prob": "perturbed (wrong) answers"}  # trajectory column -> what it measures
 SPREAD_COLUMNS = [*KEYS, "metric", "scale", "n_paths", "min", "max", "spread", "sd", "min_path", "max_path"]
@@ -75,10 +80,10 @@ def models(summary: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def spread(summary: pd.DataFrame) -> pd.DataFrame:
+def spread(summary: pd.DataFrame, utility: str = "model_utility") -> pd.DataFrame:
     rows = []
     table = models(summary)
-    for metric, scale in MEASURED.items():
+    for metric, scale in measured(utility).items():
         if metric not in table:
             continue
         values = table[[*KEYS, PATH, metric]].dropna(subset=[metric])
@@ -94,12 +99,12 @@ def spread(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SPREAD_COLUMNS)
 
 
-def path_tests(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
+def path_tests(summary: pd.DataFrame, reference: str, utility: str = "model_utility") -> pd.DataFrame:
     """Each path against `reference` through stats.paired_tests (factor `path`), per regularizer;
     Holm over every testable row of the result. As in the report's paired tests, a pair with a
     collapsed model (the summary's `collapsed` flag, where present) is left out of forget quality."""
     unlearned = summary[(summary["model"] == "unlearned") & summary[PATH].notna()]
-    tested = {m: scale for m, scale in MEASURED.items() if m in unlearned}
+    tested = {m: scale for m, scale in measured(utility).items() if m in unlearned}
     exclude = {"forget_quality": "collapsed"} if "collapsed" in unlearned else None
     parts = []
     if len(unlearned):
@@ -218,10 +223,10 @@ def reference_of(order: list[str], summary: pd.DataFrame) -> str:
 
 
 def write(order: list[str], summary: pd.DataFrame, trajectories: pd.DataFrame, metric_files: list[Path],
-          out: Path, tests: pd.DataFrame) -> list[str]:
+          out: Path, tests: pd.DataFrame, utility: str = "model_utility") -> list[str]:
     """Write the OUTPUTS into `out` (`tests`: path_tests' table); returns their names."""
     trajectory_mass = mass(trajectories)
-    tables = {"path_spread": spread(summary), "path_tests": tests,
+    tables = {"path_spread": spread(summary, utility), "path_tests": tests,
               "cross_oracle": cross_oracle(metric_files), "path_trajectories": trajectory_mass}
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)

@@ -31,6 +31,14 @@ HEADLINE = {  # metric in the stats table -> panel title
     "forget_prob": "forget prob., lower = more forgotten",
     "steps_to_threshold": "steps to oracle's forget prob. (censored)",
 }
+UTILITY_TITLE = {"model_utility": "model utility, higher = better",
+                 "model_utility_value": "model utility on the value, higher = better"}
+
+
+def headline(utility: str = "model_utility") -> dict[str, str]:
+    """HEADLINE with the study's utility (config report.utility) in model utility's place."""
+    return {(utility if m == "model_utility" else m): (UTILITY_TITLE.get(utility, utility) if m == "model_utility" else t)
+            for m, t in HEADLINE.items()}
 
 
 def method_colors(methods) -> dict[str, tuple]:
@@ -52,10 +60,11 @@ def placeholder(path: Path, text: str) -> None:
     save(fig, path)
 
 
-def pareto(table: pd.DataFrame, path: Path) -> None:
-    """Forget quality (log) against model utility: a panel per regularizer, a marker per method."""
-    if not {"forget_quality", "model_utility"} <= set(table.columns):  # e.g. a muse study's metrics
-        placeholder(path, "the study computes no forget_quality and model_utility")
+def pareto(table: pd.DataFrame, path: Path, utility: str = "model_utility") -> None:
+    """Forget quality (log) against the study's model utility (`utility`, a column): a panel per
+    regularizer, a marker per method."""
+    if not {"forget_quality", utility} <= set(table.columns):  # e.g. a muse study's metrics
+        placeholder(path, f"the study computes no forget_quality and {utility}")
         return
     table = table[table["regularizer"].notna() & table["forget_quality"].notna()]
     regs = sorted(table["regularizer"].unique())
@@ -67,11 +76,11 @@ def pareto(table: pd.DataFrame, path: Path) -> None:
         sub = table[table["regularizer"] == reg]
         for label, group in sub.groupby(sub["method"].fillna(sub["model"])):
             marker, color = markers.get(label, (method_marker.get(label, "o"), None))
-            ax.scatter(group["model_utility"], group["forget_quality"].clip(lower=1e-300), marker=marker,
+            ax.scatter(group[utility], group["forget_quality"].clip(lower=1e-300), marker=marker,
                        s=90 if label in markers else 50, color=color, edgecolor="k", linewidth=0.5, label=label)
         ax.set_yscale("log")
         ax.set_title(f"regularizer: {reg}")
-        ax.set_xlabel("model utility")
+        ax.set_xlabel(UTILITY_TITLE.get(utility, utility).split(",")[0])
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("forget quality (KS p-value vs oracle)")
     axes[0][-1].legend(fontsize=8, loc="best")

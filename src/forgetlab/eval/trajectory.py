@@ -13,6 +13,9 @@ run records, at step 0 (the target) and every `eval_every` optimizer steps (and 
                                  and world_facts subsets; NaN when the data lacks a term (no
                                  real_authors or world_facts split; TOFU's retain split, which has
                                  no perturbed answers)
+    utility_value_lik            model_utility_value_lik: the same six terms on the value's tokens
+                                 (forgetlab.metrics.model_utility_value); NaN where the data has no
+                                 value form (TOFU's rows, which have no paraphrase)
 
 from one likelihood pass (no generation) over the whole forget split and seeded subsets of the
 retain, real_authors and world_facts splits, on the model as the method would save it at that step (e.g.
@@ -36,18 +39,20 @@ from forgetlab.eval.scoring import score_split
 from forgetlab.hooks import Hooks
 from forgetlab.metrics import EvalInputError, mean_or_nan
 from forgetlab.metrics.model_utility import model_utility_lik
+from forgetlab.metrics.model_utility_value import model_utility_value_lik
 from forgetlab.metrics.truth_ratio import symmetric_score, utility_score
 
 COLUMNS = ["step", "forget_prob", "retain_prob", "forget_truth_ratio", "retain_truth_ratio",
-           "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik"]
+           "forget_paraphrased_prob", "forget_perturbed_prob", "utility_lik", "utility_value_lik"]
 SAMPLE_COLUMNS = ["step", "id", "truth_ratio"]
 
 
-def likelihood_utility(samples: pd.DataFrame) -> float:
-    """model_utility_lik of a point's samples; NaN where the data lacks a term (no real_authors or
-    world_facts split, or, as TOFU's retain split, no perturbed answers for the truth ratio)."""
+def likelihood_utility(samples: pd.DataFrame, utility=model_utility_lik) -> float:
+    """`utility` (model_utility_lik or model_utility_value_lik) of a point's samples; NaN where the
+    data lacks a term (no real_authors or world_facts split, or, as TOFU's retain split, no
+    perturbed answers for the truth ratio; no paraphrase for the value form)."""
     try:  # a missing split or column is an EvalInputError (forgetlab.metrics.require_values)
-        return model_utility_lik(samples)
+        return utility(samples)
     except EvalInputError:
         return math.nan
 
@@ -90,6 +95,7 @@ class Trajectory(Hooks):
             "forget_paraphrased_prob": mean_or_nan(forget["paraphrased_prob"]),
             "forget_perturbed_prob": mean_or_nan(forget["perturbed_prob"]),
             "utility_lik": likelihood_utility(samples),
+            "utility_value_lik": likelihood_utility(samples, model_utility_value_lik),
         }
         self.points.append(point)
         self.truth_ratios.append([float(v) for v in forget["truth_ratio"]])
@@ -132,7 +138,7 @@ def steps_to_threshold(trajectory: pd.DataFrame, oracle_forget_prob: float) -> d
 # the matched comparison's columns: metrics.json keys (NaN when the run never reaches the oracle)
 MATCHED = ["matched_step", "matched_forget_quality", "matched_forget_truth_ratio", "matched_retain_prob",
            "matched_retain_truth_ratio", "matched_utility_retain_lik", "matched_model_utility_lik",
-           "matched_forget_paraphrased_prob", "matched_forget_perturbed_prob"]
+           "matched_model_utility_value_lik",           "matched_forget_paraphrased_prob", "matched_forget_perturbed_prob"]
 
 
 def point_forget_quality(samples: pd.DataFrame, step: int, oracle: pd.DataFrame) -> float:
@@ -171,7 +177,8 @@ def matched_metrics(trajectory: pd.DataFrame, samples: pd.DataFrame, oracle_forg
     the retain side of TOFU's model utility, `matched_utility_retain_lik`, is the harmonic mean of
     the interpolated retain_prob and retain_truth_ratio (2 of utility's 9 terms: a named proxy,
     not model_utility); `matched_model_utility_lik` is the interpolated `utility_lik`, the six
-    likelihood terms of model utility (NaN for a trajectory without it). `matched_reached` is 1.0,
+    likelihood terms of model utility (NaN for a trajectory without it), and
+    `matched_model_utility_value_lik` the interpolated `utility_value_lik`. `matched_reached` is 1.0,
     or 0.0 with every other key NaN."""
     if len(trajectory) == 0 or math.isnan(oracle_forget_prob):
         raise ValueError("matched_metrics needs a non-empty trajectory and the oracle's forget_prob")
@@ -195,5 +202,7 @@ def matched_metrics(trajectory: pd.DataFrame, samples: pd.DataFrame, oracle_forg
             "matched_forget_truth_ratio": at("forget_truth_ratio"), "matched_retain_prob": retain[0],
             "matched_retain_truth_ratio": retain[1], "matched_utility_retain_lik": utility,
             "matched_model_utility_lik": at("utility_lik") if "utility_lik" in trajectory else math.nan,
+            "matched_model_utility_value_lik": (at("utility_value_lik") if "utility_value_lik" in trajectory
+                                                else math.nan),
             "matched_forget_paraphrased_prob": at("forget_paraphrased_prob"),
             "matched_forget_perturbed_prob": at("forget_perturbed_prob")}

@@ -21,6 +21,19 @@ perturbed answers'). Reference: TOFU (Maini et al. 2024) §2.5 and open-unlearni
 ``hm_aggregate``; the deliberate difference is the normalisation over the differing span, not the
 whole answer. Hand-worked: terms (1/2, 1/4, 1/2, 1, 1/2, 1/4, 1/2, 1, 1/2) give 9/20, as for
 model_utility.
+
+Why this carries TOFU's utility over rather than inventing one: TOFU's real-author and world-fact
+answers and their perturbed options are bare values ("Paris", "Berlin"), so on TOFU's data those
+probabilities are already taken over the value's tokens alone. On a world that answers in templated
+sentences, this variant scores what TOFU's scores on its own data. It needs a paraphrase on every
+split, which TOFU's files lack, so a TOFU study keeps ``model_utility``; a study picks the utility its
+report tests with ``report.utility`` (forgetlab.recipes.report).
+
+``model_utility_value_lik`` is its likelihood-only form, as ``model_utility_lik`` is TOFU's: the six
+terms that need no generation (the three ROUGE ones left out). The unlearning trajectory records it at
+every point (``utility_value_lik``), so that the matched comparison has this utility at the step where
+forgetting reaches the oracle's (``matched_model_utility_value_lik``). Hand-worked: (1/2, 1/2, 1, 1/4,
+1/2, 1/2) give 6/13, as for model_utility_lik.
 """
 
 from __future__ import annotations
@@ -33,9 +46,16 @@ UTILITY_TERMS_VALUE = (("retain", "prob"), ("retain", "rouge_l_recall"), ("retai
                        ("real_authors", "truth_ratio_value"),
                        ("world_facts", "option_prob_value"), ("world_facts", "rouge_l_recall"),
                        ("world_facts", "truth_ratio_value"))
+LIKELIHOOD_TERMS_VALUE = tuple(t for t in UTILITY_TERMS_VALUE if t[1] != "rouge_l_recall")
 
 
 @METRICS.register("model_utility_value")
 @uses(columns=[c for _, c in UTILITY_TERMS_VALUE])
 def model_utility_value(samples, oracle=None, role="model") -> float:
     return harmonic_mean(utility_terms(samples, UTILITY_TERMS_VALUE, "model_utility_value"))
+
+
+@METRICS.register("model_utility_value_lik")
+@uses(columns=[c for _, c in LIKELIHOOD_TERMS_VALUE])
+def model_utility_value_lik(samples, oracle=None, role="model") -> float:
+    return harmonic_mean(utility_terms(samples, LIKELIHOOD_TERMS_VALUE, "model_utility_value_lik"))

@@ -49,9 +49,13 @@ ID_COLUMNS = ["study", "stage", "model", "regularizer", "method", "split", "seed
 SEQUENTIAL = "sequential"  # the model of a sequential run's step
 GRID = ["regularizer", "method", "split", "seed"]
 BASELINE = "none"
-# metric -> the scale it is tested on; the matched ones only where the trajectories recorded them
-TESTED = {"forget_quality": "log10", "model_utility": "identity", "matched_forget_quality": "log10",
+# metric -> the scale it is tested on; the matched ones only where the trajectories recorded them.
+# The study's utility (config report.utility, default TOFU's model_utility) and its likelihood-only
+# form at the matched step take the places of UTILITY (tested_metrics)
+UTILITY = "model_utility"
+TESTED = {"forget_quality": "log10", UTILITY: "identity", "matched_forget_quality": "log10",
           "matched_model_utility_lik": "identity"}
+MATCHED_UTILITY = {"model_utility": "matched_model_utility_lik", "model_utility_value": "matched_model_utility_value_lik"}
 COLLAPSED = "collapsed"  # forget and retain prob both below the oracle's forget prob (flag_collapsed)
 EXCLUDE_COLLAPSED = {"forget_quality": COLLAPSED}  # no collapsed model counts as a good forgetter
 
@@ -141,7 +145,7 @@ def load_trajectories(files: list[Path], summary: pd.DataFrame) -> pd.DataFrame:
         if row is None:
             raise ValueError(f"{path}: no evaluated unlearned model has model_path {Path(path).parent}")
         frame = pd.read_csv(path)
-        missing = set(TRAJECTORY_COLUMNS) - set(frame.columns) - {"utility_lik"}  # absent in older trajectories
+        missing = set(TRAJECTORY_COLUMNS) - set(frame.columns) - {"utility_lik", "utility_value_lik"}  # older ones lack them
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         frames.append(frame.reindex(columns=TRAJECTORY_COLUMNS).assign(**{k: row[k] for k in grid}))
@@ -170,10 +174,16 @@ def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
     return models.melt(id_vars=with_path(GRID, "path" in models), value_vars=metrics, var_name="metric", value_name="value")
 
 
-def paired(summary: pd.DataFrame, aa_controls=()) -> pd.DataFrame:
+def tested_metrics(utility: str = UTILITY) -> dict[str, str]:
+    """TESTED with the study's utility and its matched likelihood form in the utility's places."""
+    swap = {UTILITY: utility, MATCHED_UTILITY[UTILITY]: MATCHED_UTILITY[utility]}
+    return {swap.get(m, m): scale for m, scale in TESTED.items()}
+
+
+def paired(summary: pd.DataFrame, aa_controls=(), utility: str = UTILITY) -> pd.DataFrame:
     """Each regularizer against the baseline; with training paths, pairs also match on the path.
     The unit of the test is a target (path, split, seed): its methods' differences are averaged."""
-    tested = {m: scale for m, scale in TESTED.items() if m in summary}
+    tested = {m: scale for m, scale in tested_metrics(utility).items() if m in summary}
     units = (["path"] if "path" in summary else []) + ["split", "seed"]
     return stats.paired_tests(summary[summary["model"] == "unlearned"], tested, baseline=BASELINE,
                               keys=[*units, "method"], aa_controls=aa_controls, exclude=EXCLUDE_COLLAPSED, units=units)
@@ -192,10 +202,11 @@ def write_tables(tables: dict[str, pd.DataFrame], tmp: Path) -> None:
             table.to_parquet(tmp / f"{name}.parquet", index=False)
 
 
-def draw(summary: pd.DataFrame, seed_stats: pd.DataFrame, trajectories: pd.DataFrame, tmp: Path) -> None:
+def draw(summary: pd.DataFrame, seed_stats: pd.DataFrame, trajectories: pd.DataFrame, tmp: Path,
+         utility: str = UTILITY) -> None:
     methods = [m for m in dict.fromkeys(summary.loc[summary["model"] == "unlearned", "method"]) if m]
-    plots.pareto(summary[summary["model"] != SEQUENTIAL], tmp / "forget_quality_vs_utility.png")
-    plots.heatmaps(seed_stats, sorted(methods), tmp / "metric_heatmap.png")
+    plots.pareto(summary[summary["model"] != SEQUENTIAL], tmp / "forget_quality_vs_utility.png", utility)
+    plots.heatmaps(seed_stats, sorted(methods), tmp / "metric_heatmap.png", plots.headline(utility))
     plots.trajectories(trajectories, summary, tmp / "trajectory_forget_prob.png")
     plots.trajectory_paths(trajectories, summary, tmp / "trajectory_paths.png")
     plots.sequential(summary, tmp / "sequential_unlearning.png")
@@ -230,19 +241,20 @@ def run(params: dict, inputs: list[Path], out: Path) -> None:
     """Write the OUTPUTS into `out` (results/<study>/), each replaced only once all are made."""
     metric_files, trajectory_files = split_inputs(inputs)
     order = list(params.get("paths") or {})  # training paths, the first the reference (forgetlab.paths)
+    utility = params.get("utility", UTILITY)  # the utility the tests, findings and plots use
     with stage_run(params, out) as mlrun, atomic_dir(out / ".report") as tmp:
         summary = flag_collapsed(summarize(metric_files))
         trajectories = load_trajectories(trajectory_files, summary)
         seed_stats = path_report.per_path(stats.seed_stats, long_metrics(summary))
-        tests = paired(summary, params.get("aa_controls", ()))
+        tests = paired(summary, params.get("aa_controls", ()), utility)
         write_tables({"summary": summary, "stats": seed_stats, "paired_tests": tests, "trajectories": trajectories}, tmp)
-        path_tests = (path_report.path_tests(summary, path_report.reference_of(order, summary))
+        path_tests = (path_report.path_tests(summary, path_report.reference_of(order, summary), utility)
                       if path_report.n_paths(summary) > 1 else None)
         write_findings(params["study"], tests, tmp, path_tests)
-        draw(*path_report.reference_path(order, summary, seed_stats, trajectories), tmp)
+        draw(*path_report.reference_path(order, summary, seed_stats, trajectories), tmp, utility)
         outputs = OUTPUTS
         if path_tests is not None:  # the cross-path measures
-            outputs += tuple(path_report.write(order, summary, trajectories, metric_files, tmp, path_tests))
+            outputs += tuple(path_report.write(order, summary, trajectories, metric_files, tmp, path_tests, utility))
         (tmp / "environment.json").write_text(json.dumps(study_environment(params, inputs, mlrun, out), indent=1,
                                                          sort_keys=True, default=str) + "\n")
         log_tests(mlrun, tests)
