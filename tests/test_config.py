@@ -68,7 +68,7 @@ def test_bad_config_names_the_key(edit, key):
     assert key in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "catalogue.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "catalogue.yaml", "paper.yaml", "paths_smoke.yaml"])
 def test_shipped_configs_are_valid(name):
     check(yaml.safe_load((REPO / "config" / name).read_text()))
 
