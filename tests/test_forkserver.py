@@ -8,6 +8,7 @@ in a fraction of a second; one test runs forgetlab's own server from a copy of t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -98,6 +99,34 @@ def test_the_clients_directory_and_environment(toy_server, tmp_path):
     out, _ = proc.communicate(timeout=30)
     # the server's own environment is replaced by the client's
     assert (proc.returncode, out.splitlines()) == (0, [str(work), "from the client", "None"])
+
+
+def test_a_sigterm_before_the_job_started_is_passed_on_once_it_has(tmp_path):
+    # this test is the server: it holds the pid reply back while the client gets its SIGTERM (under
+    # load a client can be that late: the job runs, the client has not yet set its handlers)
+    import socket
+
+    path = tmp_path / "s.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.settimeout(30)
+    proc = client(path, "term")
+    conn, _ = listener.accept()
+    conn.settimeout(30)
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)  # the request: the client is inside request()
+    for fd in fds:
+        os.close(fd)
+    assert json.loads(data[4:])["argv"] == ["toy", "term"]
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # held, not the default action
+    forkserver.send_msg(conn, {"pid": 1})  # the job has started
+    assert forkserver.recv_msg(conn) == {"signal": signal.SIGTERM}  # passed on
+    forkserver.send_msg(conn, {"exit": 143})
+    assert proc.wait(30) == 143
+    conn.close()
+    listener.close()
 
 
 def test_sigterm_is_passed_on_and_the_job_exits_143(toy_server, tmp_path):

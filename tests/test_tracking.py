@@ -13,12 +13,13 @@ import time
 import urllib.request
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from forgetlab import replay
+from forgetlab import replay, tracking
 from forgetlab.memory import PeakMemory
 from forgetlab.tracking import Run, stage_run
 from tests.helpers import REPO, cli_env
@@ -251,6 +252,11 @@ class FlakyClient:
 
 def test_flushes_keep_the_metrics_while_the_store_is_away(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    # the Run's clock stands still but for its own sleeps: no retry before the 1 s backoff, however
+    # slowly this loop runs on a loaded machine (a real clock let a second try in, once, under load)
+    clock = [0.0]
+    monkeypatch.setattr(tracking, "time", SimpleNamespace(
+        time=time.time, monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
     client = FlakyClient(failures=2)
     run = Run(client, "r", {"tracking_uri": "http://mlflow:5000", "run_id": "r"}, [])
     for step in range(1200):

@@ -161,21 +161,30 @@ def start_server(path: Path) -> Optional[socket.socket]:
 
 
 def request(sock: socket.socket, argv: list[str]) -> int:
-    """Send the job to the server; pass on signals; return the worker's exit status (-N: signal N)."""
-    send_msg(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": current_umask()}, (0, 1, 2))
+    """Send the job to the server; pass on signals; return the worker's exit status (-N: signal N).
 
+    The forwarded signals are blocked from the request until the handlers that pass them on are in
+    place, once the job has started: a SIGTERM that arrives meanwhile (the job may already be
+    running) waits and is passed on, instead of killing the client, and the job with it, unsaved.
+    If the server never starts the job (NotStarted), the signal is delivered as usual when the
+    mask is restored."""
     def forward(signum, _frame):
         try:
             send_msg(sock, {"signal": signum})
         except OSError:
             pass
 
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
-        recv_msg(sock)  # the worker's pid: the job has started
-    except (EOFError, OSError):
-        raise NotStarted from None
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+        send_msg(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": current_umask()}, (0, 1, 2))
+        try:
+            recv_msg(sock)  # the worker's pid: the job has started
+        except (EOFError, OSError):
+            raise NotStarted from None
+        for sig in FORWARDED:
+            signal.signal(sig, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     reply = recv_msg(sock)
     return -reply["signal"] if "signal" in reply else reply["exit"]
 
