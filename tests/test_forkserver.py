@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -117,7 +118,9 @@ def test_a_sigterm_before_the_job_started_is_passed_on_once_it_has(tmp_path):
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)  # the request: the client is inside request()
     for fd in fds:
         os.close(fd)
-    assert json.loads(data[4:])["argv"] == ["toy", "term"]
+    (n,) = struct.unpack("!I", data[:4])
+    body = data[4:] + forkserver.recv_exact(conn, n - len(data[4:]))  # as the server reads it
+    assert json.loads(body)["argv"] == ["toy", "term"]
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert proc.poll() is None  # held, not the default action
