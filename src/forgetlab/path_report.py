@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from forgetlab import stats
+from forgetlab.metrics.model_utility import study_utility
 
 PATH = "path"
 ALL = "all"  # the regularizer of the path tests pooled over every regularizer entry
@@ -39,11 +40,6 @@ KEYS = ["regularizer", "method", "split", "seed"]
 UNITS = ("split", "seed")  # the independent replicates of the path tests: a seed's differences are averaged
 MEASURED = {"forget_quality": "log10", "model_utility": "identity", "steps_to_threshold": "identity",
             "relearn_recovery": "identity"}  # metric -> the scale it is compared on
-
-
-def measured(utility: str = "model_utility") -> dict[str, str]:
-    """MEASURED with the study's utility (config report.utility) in model utility's place."""
-    return {(utility if m == "model_utility" else m): scale for m, scale in MEASURED.items()}
 MASS = {"forget_prob": "forget answer", "forget_paraphrased_prob": "paraphrased answer",
         "forget_perturbed_prob": "perturbed (wrong) answers"}  # trajectory column -> what it measures
 SPREAD_COLUMNS = [*KEYS, "metric", "scale", "n_paths", "min", "max", "spread", "sd", "min_path", "max_path"]
@@ -78,6 +74,11 @@ def models(summary: pd.DataFrame) -> pd.DataFrame:
     rows = summary[summary["model"].isin(["unlearned", "target"]) & summary[PATH].notna()].copy()
     rows["method"] = rows["method"].fillna(rows["model"])
     return rows
+
+
+def measured(utility: str = "model_utility") -> dict[str, str]:
+    """MEASURED with the study's utility (config report.utility) in model utility's place."""
+    return study_utility(MEASURED, utility)
 
 
 def spread(summary: pd.DataFrame, utility: str = "model_utility") -> pd.DataFrame:

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from forgetlab.metrics.model_utility import study_utility  # noqa: E402
 from forgetlab.stats import log10_clipped  # noqa: E402
 
 SEQUENTIAL = {  # metric in the summary -> panel title of the sequential figure
@@ -37,8 +38,7 @@ UTILITY_TITLE = {"model_utility": "model utility, higher = better",
 
 def headline(utility: str = "model_utility") -> dict[str, str]:
     """HEADLINE with the study's utility (config report.utility) in model utility's place."""
-    return {(utility if m == "model_utility" else m): (UTILITY_TITLE.get(utility, utility) if m == "model_utility" else t)
-            for m, t in HEADLINE.items()}
+    return {m: UTILITY_TITLE.get(m, title) for m, title in study_utility(HEADLINE, utility).items()}
 
 
 def method_colors(methods) -> dict[str, tuple]:

@@ -138,7 +138,7 @@ def steps_to_threshold(trajectory: pd.DataFrame, oracle_forget_prob: float) -> d
 # the matched comparison's columns: metrics.json keys (NaN when the run never reaches the oracle)
 MATCHED = ["matched_step", "matched_forget_quality", "matched_forget_truth_ratio", "matched_retain_prob",
            "matched_retain_truth_ratio", "matched_utility_retain_lik", "matched_model_utility_lik",
-           "matched_model_utility_value_lik",           "matched_forget_paraphrased_prob", "matched_forget_perturbed_prob"]
+           "matched_model_utility_value_lik", "matched_forget_paraphrased_prob", "matched_forget_perturbed_prob"]
 
 
 def point_forget_quality(samples: pd.DataFrame, step: int, oracle: pd.DataFrame) -> float:

@@ -43,6 +43,16 @@ UTILITY_TERMS = (("retain", "prob"), ("retain", "rouge_l_recall"), ("retain", "t
 LIKELIHOOD_TERMS = tuple(t for t in UTILITY_TERMS if t[1] != "rouge_l_recall")
 PARA = {"option_prob": "option_prob_para", "truth_ratio": "truth_ratio_para"}
 UTILITY_TERMS_PARA = tuple((s, PARA.get(c, c) if s != "retain" else c) for s, c in UTILITY_TERMS)
+# a utility the report can test (config report.utility) -> its likelihood-only form at the matched step
+MATCHED_UTILITY = {"model_utility": "matched_model_utility_lik",
+                   "model_utility_value": "matched_model_utility_value_lik"}
+
+
+def study_utility(mapping: dict, utility: str = "model_utility") -> dict:
+    """`mapping` (metric -> anything) with TOFU's model_utility and its matched form renamed to the
+    study's `utility` and that one's matched form, in their places; every other key as it is."""
+    swap = {"model_utility": utility, MATCHED_UTILITY["model_utility"]: MATCHED_UTILITY[utility]}
+    return {swap.get(k, k): v for k, v in mapping.items()}
 
 
 def utility_terms(samples, terms=UTILITY_TERMS, metric: str = "model_utility") -> list[float]:

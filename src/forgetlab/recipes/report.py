@@ -40,6 +40,7 @@ import pandas as pd
 
 from forgetlab import environment, findings, path_report, plots, stats
 from forgetlab.eval.trajectory import COLUMNS as TRAJECTORY_COLUMNS
+from forgetlab.metrics.model_utility import study_utility
 from forgetlab.model import atomic_dir
 from forgetlab.tracking import stage_run
 
@@ -50,12 +51,10 @@ SEQUENTIAL = "sequential"  # the model of a sequential run's step
 GRID = ["regularizer", "method", "split", "seed"]
 BASELINE = "none"
 # metric -> the scale it is tested on; the matched ones only where the trajectories recorded them.
-# The study's utility (config report.utility, default TOFU's model_utility) and its likelihood-only
-# form at the matched step take the places of UTILITY (tested_metrics)
-UTILITY = "model_utility"
-TESTED = {"forget_quality": "log10", UTILITY: "identity", "matched_forget_quality": "log10",
+# The study's utility (config report.utility) and its matched form take TOFU's places (tested_metrics)
+TESTED = {"forget_quality": "log10", "model_utility": "identity", "matched_forget_quality": "log10",
           "matched_model_utility_lik": "identity"}
-MATCHED_UTILITY = {"model_utility": "matched_model_utility_lik", "model_utility_value": "matched_model_utility_value_lik"}
+UTILITY = "model_utility"  # the default: TOFU's
 COLLAPSED = "collapsed"  # forget and retain prob both below the oracle's forget prob (flag_collapsed)
 EXCLUDE_COLLAPSED = {"forget_quality": COLLAPSED}  # no collapsed model counts as a good forgetter
 
@@ -176,8 +175,7 @@ def long_metrics(summary: pd.DataFrame) -> pd.DataFrame:
 
 def tested_metrics(utility: str = UTILITY) -> dict[str, str]:
     """TESTED with the study's utility and its matched likelihood form in the utility's places."""
-    swap = {UTILITY: utility, MATCHED_UTILITY[UTILITY]: MATCHED_UTILITY[utility]}
-    return {swap.get(m, m): scale for m, scale in TESTED.items()}
+    return study_utility(TESTED, utility)
 
 
 def paired(summary: pd.DataFrame, aa_controls=(), utility: str = UTILITY) -> pd.DataFrame:
