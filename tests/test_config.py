@@ -73,6 +73,14 @@ def test_shipped_configs_are_valid(name):
     check(yaml.safe_load((REPO / "config" / name).read_text()))
 
 
+def test_the_paper_study_runs_on_the_default_study_s_world_model_and_paths():
+    """config/paper.yaml says it is the default study's world, model and training paths, grown in its grid:
+    a change to the default's must be made to the paper study's too (it drifted once: stop 37)."""
+    default, paper = (yaml.safe_load((REPO / "config" / name).read_text()) for name in ("config.yaml", "paper.yaml"))
+    for key in ("data", "model", "pretrain", "stages", "paths", "report"):
+        assert paper[key] == default[key], key
+
+
 def test_catalogue_names_every_registered_regularizer():
     from forgetlab.regularizers import REGULARIZERS
 
