@@ -3,7 +3,6 @@ toy tokenizer and Llama over a two-row QA world. Shared helpers that are not fix
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from tests.helpers import SENTENCES, smoke_config
 
 
 KINDS = ("e2e", "slurm", "gpu")
-
-
-def pytest_configure(config):
-    """Each pytest-xdist worker's own torch work (the in-process fine-tunes and scorings of the unit
-    tests) gets its share of the cores: two workers of 2 threads each on 2 cores made 4 OpenMP
-    threads contend for them. Jobs started as subprocesses set their threads from their params."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(items):
