@@ -41,6 +41,12 @@ SHOWN = ["form_mc_forget_accuracy", "form_original_forget_prob", "form_paraphras
          "real_authors_option_accuracy", "model_utility_lik"]
 
 
+def tested_utility(config: dict) -> str:
+    """The study's tested model utility (config report.utility; TOFU's by default), which the config
+    check wants among the evaluated metrics."""
+    return (config.get("report") or {}).get("utility", "model_utility")
+
+
 def probe_config(config: dict, sets: list[str], study: str | None) -> dict:
     for item in sets:
         key, value = item.split("=", 1)
@@ -51,8 +57,7 @@ def probe_config(config: dict, sets: list[str], study: str | None) -> dict:
         node[last] = yaml.safe_load(value)
     if study:
         config["study"] = study
-    utility = (config.get("report") or {}).get("utility", "model_utility")  # the study's, which the config check wants scored
-    config["evaluate"] = {**config["evaluate"], "metrics": METRICS + [utility]}
+    config["evaluate"] = {**config["evaluate"], "metrics": METRICS + [tested_utility(config)]}
     return config
 
 
@@ -121,13 +126,13 @@ def main() -> None:
     metrics = {r: json.loads((out / f"eval_{r}" / "metrics.json").read_text())["metrics"] for r in ("target", "oracle")}
     print(f"{a.name} {' '.join(a.sets)}: fine-tune seconds (side by side) {seconds}")
     print(f"  {'metric':32s} {'target':>8s} {'oracle':>8s}  ratio")
-    utility = config["evaluate"]["metrics"][-1]
-    for key in SHOWN + [utility]:
+    shown = SHOWN + [tested_utility(config)]
+    for key in shown:
         t, o = metrics["target"][key], metrics["oracle"][key]
         print(f"  {key:32s} {t:8.4f} {o:8.4f}  {t / o:5.2f}x")
     record = {"date": datetime.date.today().isoformat(), "name": a.name, "config": a.config, "sets": a.sets,
               "study": study, "regularizer": a.regularizer, "seed": seed, "finetune_seconds": seconds,
-              "metrics": {r: {k: metrics[r][k] for k in SHOWN + [utility]} for r in metrics}}
+              "metrics": {r: {k: metrics[r][k] for k in shown} for r in metrics}}
     dest = REPO / "benchmarks" / "results" / "forms_probe" / f"{a.name}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(record, indent=1) + "\n")
