@@ -15,6 +15,7 @@ from forgetlab.eval.scoring import score_split
 from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
 from forgetlab.metrics import METRICS
 from forgetlab.model import load_model, load_tokenizer
+from forgetlab.qa import encode_qa
 from forgetlab.recipes import read_jsonl
 from forgetlab.recipes import unlearn as unlearn_recipe
 from forgetlab.train import NonFiniteLossError
@@ -211,3 +212,21 @@ def test_utility_lik_is_nan_where_the_data_lacks_a_term():
     value = full.assign(option_prob_value=[math.nan, 0.25, 0.25], truth_ratio_value=[0.75, 0.75, 0.75])
     # terms: retain prob 0.5, TR 0.25 | ra 0.25, 0.25 | wf 0.25, 0.25 -> 6 / (2 + 4 * 5) = 6/22
     assert likelihood_utility(value, model_utility_value_lik) == pytest.approx(6 / 22)
+
+
+def test_memoised_encodings_score_the_same_and_encode_each_answer_once(tiny_model_dir, smoke_data, monkeypatch):
+    from forgetlab.eval import scoring
+
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    rows = read_jsonl(smoke_data / "qa" / "forget10.jsonl")[:6]
+    fresh = score_split(model, tokenizer, rows, "forget", 8, generate=False)
+    calls = []
+    monkeypatch.setattr(scoring, "encode_qa", lambda tok, q, a: calls.append((q, a)) or encode_qa(tok, q, a))
+    encodings: dict = {}
+    first = score_split(model, tokenizer, rows, "forget", 8, generate=False, encodings=encodings)
+    again = score_split(model, tokenizer, rows, "forget", 8, generate=False, encodings=encodings)
+    pd.testing.assert_frame_equal(first, fresh)
+    pd.testing.assert_frame_equal(again, fresh)
+    # each row: its answer, paraphrase and perturbed answers, encoded at the first call only
+    answers = {(r["question"], a) for r in rows for a in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]}
+    assert sorted(calls) == sorted(answers) and set(encodings) == answers

@@ -187,17 +187,27 @@ def verbmem_prompt(tokenizer, question: str, answer: str) -> tuple[list[int], in
     return prompt + reply[:h], h, tokenizer.decode(reply[h:], skip_special_tokens=True).strip()
 
 
+def memoised_encoding(tokenizer, encodings: dict, question: str, answer: str) -> dict:
+    """encode_qa(tokenizer, question, answer), kept in `encodings` under (question, answer)."""
+    key = (question, answer)
+    if key not in encodings:
+        encodings[key] = encode_qa(tokenizer, question, answer)
+    return encodings[key]
+
+
 def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int = 32,
                 max_new_tokens: int = 40, generate: bool = True, grad_norm: bool = False,
                 verbmem: bool = False, timings: dict | None = None,
-                forms: bool = False, seed: int = 0) -> pd.DataFrame:
+                forms: bool = False, seed: int = 0, encodings: dict | None = None) -> pd.DataFrame:
     """One row per QA of ``rows`` with likelihood, truth-ratio and generation scores (see COLUMNS).
 
     With ``generate=False`` only the likelihood pass runs (``generated`` is empty and the ROUGE
     columns NaN): the cheap form used for unlearning trajectories. ``grad_norm`` adds the GradNorm
     statistic (its dropout masks seeded with ``seed``), ``verbmem`` the verbatim-memorization
     continuations (needs ``generate``), ``forms`` the form-robustness columns (NaN without it, and
-    on rows that have no form fields)."""
+    on rows that have no form fields). ``encodings``, a dict the caller keeps between calls on the
+    same tokenizer, memoises the QA encodings (an unlearning trajectory scores the same rows at every
+    recorded step); its values must not be modified."""
     check_rows(rows, split)
     pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
     was_training = model.training
@@ -205,10 +215,12 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
     try:
         # One flat list of every sequence to score; remember which slice belongs to which row.
         encoded, spans, groups = [], [], []
+        encode = functools.partial(encode_qa, tokenizer) if encodings is None else functools.partial(
+            memoised_encoding, tokenizer, encodings)
         for r in rows:
             q, para, pert = r["question"], r.get("paraphrased_answer"), list(r.get("perturbed_answer") or [])
             a0 = len(encoded)
-            groups.append([encode_qa(tokenizer, q, a) for a in [r["answer"], *([para] if para else []), *pert]])
+            groups.append([encode(q, a) for a in [r["answer"], *([para] if para else []), *pert]])
             encoded += groups[-1]
             spans.append((a0, bool(para), len(pert)))
         with timed(timings, "logprob"):  # a row's answers share its prompt: one packed sequence per row

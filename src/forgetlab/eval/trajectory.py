@@ -67,6 +67,7 @@ class Trajectory(Hooks):
         self.eval_every, self.total_steps, self.log, self.batch_size = eval_every, total_steps, log, batch_size
         self.points: list[dict] = []
         self.truth_ratios: list[list[float]] = []  # per point: the forget rows' truth ratios, in row order
+        self.encodings: dict = {}  # the rows' QA encodings, made at the first point and kept (score_split)
 
     def setup(self, model, ctx):
         self.record(model, 0)
@@ -80,10 +81,8 @@ class Trajectory(Hooks):
     def record(self, model, step: int) -> dict:
         with self.as_saved(model) as saved:
             samples = pd.concat([
-                score_split(saved, self.tokenizer, self.forget_rows, "forget", self.batch_size, generate=False),
-                score_split(saved, self.tokenizer, self.retain_rows, "retain", self.batch_size, generate=False),
-                *(score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False)
-                  for split, rows in self.utility_rows.items()),
+                score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False, encodings=self.encodings)
+                for split, rows in [("forget", self.forget_rows), ("retain", self.retain_rows), *self.utility_rows.items()]
             ], ignore_index=True)
         forget = samples[samples.split == "forget"]
         point = {
