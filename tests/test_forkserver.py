@@ -227,3 +227,26 @@ def test_forgetlab_server_reused_and_replaced_when_the_source_changes(tmp_path):
         assert len(both) == 2 and first[0] in both  # a new server for the new source
     finally:
         stop_fork_servers(servers)
+
+
+def test_a_job_of_two_threads_is_served_by_the_one_threads_server(tmp_path):
+    """Snakemake sets OMP_NUM_THREADS (and OpenBLAS's, MKL's, ...) to a job's threads. Importing numpy and
+    scikit-learn with 2 starts their thread pools, and a server with pools refused to serve: the 2-thread
+    pretraining job ran in-process, after waiting for that server's imports. The server imports with
+    one thread whatever the starting client's count, and a 1-thread and a 2-thread job share it."""
+    servers = tmp_path / "servers"
+    base = dict(FORGETLAB_FORKSERVER="1", FORGETLAB_FORKSERVER_DIR=str(servers), FORGETLAB_FORKSERVER_IDLE="30")
+    cmd = [sys.executable, "-m", "forgetlab.cli", "check-config", "config/smoke.yaml"]
+    try:
+        for threads in ("2", "1"):
+            env = cli_env(**base, **dict.fromkeys(forkserver.THREAD_ENV, threads))
+            ok = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+            assert (ok.returncode, ok.stdout) == (0, "config/smoke.yaml: ok\n"), ok.stderr
+            logs = "".join(p.read_text() for p in sorted(servers.glob("*.log")))
+            assert not list(servers.glob("*.failed")), logs
+            pids = fork_server_pids(servers)
+            assert len(pids) == 1 and alive(pids[0]), logs  # served, by one server for both
+        names = [(t / "comm").read_text().strip() for t in Path(f"/proc/{pids[0]}/task").iterdir()]
+        assert [n for n in names if n != "jemalloc_bg_thd"] == ["python"], names  # no thread pool
+    finally:
+        stop_fork_servers(servers)

@@ -52,6 +52,12 @@ DIR_ENV = "FORGETLAB_FORKSERVER_DIR"
 # the environment variables that a module may read at import time: part of the server's identity
 IMPORT_ENV = ("CUDA_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH", "PYTORCH_", "HF_", "TRANSFORMERS_",
               "TOKENIZERS_", "PYTHON", "LD_", "NCCL_", "GLOO_", "VECLIB_", "NUMEXPR_", "GOTO_")
+# the thread counts Snakemake sets for a job's `threads:`: a library that reads one at import starts its pool then
+# (numpy's OpenBLAS, scikit-learn's OpenMP), and a fork of a process with a thread pool is unsafe. So the server
+# imports with each set to 1 and is the same whatever the starting client's count; each worker sets its torch
+# threads from its job's params (forgetlab.recipes.set_threads), as the in-process job does
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+              "NUMEXPR_NUM_THREADS")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 START_TIMEOUT = 300.0  # seconds a client waits for a server it started (imports on a loaded machine)
 
@@ -63,13 +69,14 @@ def enabled(env=os.environ) -> bool:
 
 def source_digest() -> str:
     """The server's identity: forgetlab's source files (names and contents), the interpreter, its
-    installed packages, the host, the user, the SLURM job and the import-time environment."""
+    installed packages, the host, the user, the SLURM job and the import-time environment (but the
+    thread counts, THREAD_ENV: the server imports with 1)."""
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent
     for f in sorted(p for p in pkg.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".txt", ".json")):
         h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes() + b"\0")
     identity = [str(pkg), os.path.realpath(sys.executable), sys.prefix, sys.version, socket.gethostname(), os.getuid(),
-                sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_ENV)),
+                sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_ENV) and k not in THREAD_ENV),
                 os.environ.get("SLURM_JOB_ID"),  # a server never serves two SLURM jobs
                 # installing or upgrading a package changes its site-packages directory
                 [(p, os.stat(p).st_mtime_ns) for p in sys.path if "site-packages" in p and os.path.isdir(p)]]
@@ -147,7 +154,8 @@ def start_server(path: Path) -> Optional[socket.socket]:
         path.unlink(missing_ok=True)
         log = open(f"{path}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "forgetlab.zygote", str(path)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, cwd="/", start_new_session=True, close_fds=True)
+                                stdout=log, stderr=log, cwd="/", start_new_session=True, close_fds=True,
+                                env={**os.environ, **dict.fromkeys(THREAD_ENV, "1")})
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
