@@ -230,3 +230,15 @@ def test_memoised_encodings_score_the_same_and_encode_each_answer_once(tiny_mode
     # each row: its answer, paraphrase and perturbed answers, encoded at the first call only
     answers = {(r["question"], a) for r in rows for a in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]}
     assert sorted(calls) == sorted(answers) and set(encodings) == answers
+
+
+def test_without_token_stats_only_the_per_token_statistics_are_left_out(tiny_model_dir, smoke_data):
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    rows = read_jsonl(smoke_data / "qa" / "forget10.jsonl")[:6]
+    full = score_split(model, tokenizer, rows, "forget", 8, generate=False)
+    lean = score_split(model, tokenizer, rows, "forget", 8, generate=False, token_stats=False)
+    skipped = ["answer_token_match", "answer_token_mu", "answer_token_sigma"]
+    pd.testing.assert_frame_equal(lean.drop(columns=skipped), full.drop(columns=skipped))
+    for col in skipped:
+        assert all(len(a) == len(b) and all(math.isnan(x) for x in a) for a, b in zip(lean[col], full[col])), col
+    assert full["answer_token_mu"].map(lambda v: all(math.isfinite(x) for x in v)).all()

@@ -70,11 +70,15 @@ def supervised_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return (*stats_of(logits[:, :-1][sel], shift[sel]), sel.sum(-1))
 
 
-def stats_of(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def stats_of(logits: torch.Tensor, target: torch.Tensor, full: bool = True) -> tuple[torch.Tensor, ...]:
     """(logp, match, mu, sigma) of next-token logits (N, V) and the tokens they predict (N,);
-    logp, mu and sigma in float64."""
+    logp, mu and sigma in float64. Without `full`, match, mu and sigma are NaN (logp alone: the
+    likelihood values, a third of the work)."""
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     logp = logp_all.gather(-1, target[:, None])[:, 0]
+    if not full:
+        nan = torch.full_like(logp, float("nan"), dtype=torch.float64)
+        return logp.double(), nan, nan, nan
     match = logp_all.argmax(-1) == target
     p = logp_all.exp()
     mu = (p * logp_all).sum(-1)
@@ -158,13 +162,15 @@ def is_sharded(model) -> bool:
 
 
 @torch.no_grad()
-def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size: int = 32) -> list[list[TokenStats]]:
+def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size: int = 32,
+                        full: bool = True) -> list[list[TokenStats]]:
     """token_stats of every encoding of every group, where a group's encodings share their prompt
     (a QA row's answer, paraphrase and perturbed answers): each group is one packed sequence
     (`pack`), so the prompt runs once per group, and the LM head runs only where a supervised token
     is predicted (everywhere in an FSDP-sharded model, whose root forward gathers the head). The
     values are token_stats' up to float rounding. A model whose attention takes no 4D mask (e.g.
-    flash attention) runs token_stats on the encodings one by one instead."""
+    flash attention) runs token_stats on the encodings one by one instead. Without `full`, each
+    TokenStats of the packed path has logp only (match, mu and sigma NaN; `stats_of`)."""
     if getattr(model.config, "_attn_implementation", "eager") not in PACKED_ATTENTION:
         flat = token_stats(model, [e for g in groups for e in g], pad_id, batch_size)
         bounds = np.cumsum([0, *map(len, groups)])
@@ -198,7 +204,7 @@ def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size
         else:
             hidden = lm.get_decoder()(**inputs).last_hidden_state
             logits = lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[rows])
-        logp, match, mu, sigma = (t.cpu().numpy() for t in stats_of(logits, target))
+        logp, match, mu, sigma = (t.cpu().numpy() for t in stats_of(logits, target, full))
         offset = 0
         for i in idx:
             stats = []

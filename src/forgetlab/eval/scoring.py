@@ -198,7 +198,8 @@ def memoised_encoding(tokenizer, encodings: dict, question: str, answer: str) ->
 def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int = 32,
                 max_new_tokens: int = 40, generate: bool = True, grad_norm: bool = False,
                 verbmem: bool = False, timings: dict | None = None,
-                forms: bool = False, seed: int = 0, encodings: dict | None = None) -> pd.DataFrame:
+                forms: bool = False, seed: int = 0, encodings: dict | None = None,
+                token_stats: bool = True) -> pd.DataFrame:
     """One row per QA of ``rows`` with likelihood, truth-ratio and generation scores (see COLUMNS).
 
     With ``generate=False`` only the likelihood pass runs (``generated`` is empty and the ROUGE
@@ -207,7 +208,9 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
     continuations (needs ``generate``), ``forms`` the form-robustness columns (NaN without it, and
     on rows that have no form fields). ``encodings``, a dict the caller keeps between calls on the
     same tokenizer, memoises the QA encodings (an unlearning trajectory scores the same rows at every
-    recorded step); its values must not be modified."""
+    recorded step); its values must not be modified. Without ``token_stats`` the per-token
+    ``answer_token_match``, ``answer_token_mu`` and ``answer_token_sigma`` are NaN (the trajectory
+    reads none of them; every other column is the same)."""
     check_rows(rows, split)
     pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
     was_training = model.training
@@ -224,7 +227,7 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
             encoded += groups[-1]
             spans.append((a0, bool(para), len(pert)))
         with timed(timings, "logprob"):  # a row's answers share its prompt: one packed sequence per row
-            stats = [s for g in grouped_token_stats(model, groups, pad, batch_size) for s in g]
+            stats = [s for g in grouped_token_stats(model, groups, pad, batch_size, token_stats) for s in g]
         for r, (a0, _, _) in zip(rows, spans):
             if len(stats[a0].logp) == 0:
                 raise EvalInputError(f"split {split!r}, row {r.get('id')!r}: no answer tokens left after truncation")

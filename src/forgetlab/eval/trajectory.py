@@ -81,7 +81,8 @@ class Trajectory(Hooks):
     def record(self, model, step: int) -> dict:
         with self.as_saved(model) as saved:
             samples = pd.concat([
-                score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False, encodings=self.encodings)
+                score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False, encodings=self.encodings,
+                            token_stats=False)
                 for split, rows in [("forget", self.forget_rows), ("retain", self.retain_rows), *self.utility_rows.items()]
             ], ignore_index=True)
         forget = samples[samples.split == "forget"]
