@@ -15,7 +15,7 @@ the job's log, exit status and outputs are the in-process job's.
   writing outputs.
 - Stale code is never served: the socket's name carries a digest of forgetlab's source files, the interpreter, the
   host, the SLURM job and the environment variables read at import time (CUDA_, OMP_, HF_, ...; not MLFLOW_, read
-  when used).
+  when used; not the thread counts, THREAD_ENV, which the server imports with at 1).
 - The first client starts the server (under a lock, so concurrent jobs start one) and waits for it; the server exits
   after FORGETLAB_FORKSERVER_IDLE seconds (default 60) without a request.
 - Fallback: unset or 0, inside a torchrun worker, or with no server reachable, the command runs in this process
@@ -56,8 +56,8 @@ IMPORT_ENV = ("CUDA_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH", "PYTORCH_",
 # (numpy's OpenBLAS, scikit-learn's OpenMP), and a fork of a process with a thread pool is unsafe. So the server
 # imports with each set to 1 and is the same whatever the starting client's count; each worker sets its torch
 # threads from its job's params (forgetlab.recipes.set_threads), as the in-process job does
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-              "NUMEXPR_NUM_THREADS")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 START_TIMEOUT = 300.0  # seconds a client waits for a server it started (imports on a loaded machine)
 

@@ -79,12 +79,12 @@ class Trajectory(Hooks):
             self.record(model, done)
 
     def record(self, model, step: int) -> dict:
+        # likelihoods only, the rows encoded once (score_split's encodings), no per-token statistics
+        splits = [("forget", self.forget_rows), ("retain", self.retain_rows), *self.utility_rows.items()]
         with self.as_saved(model) as saved:
-            samples = pd.concat([
-                score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False, encodings=self.encodings,
-                            token_stats=False)
-                for split, rows in [("forget", self.forget_rows), ("retain", self.retain_rows), *self.utility_rows.items()]
-            ], ignore_index=True)
+            samples = pd.concat([score_split(saved, self.tokenizer, rows, split, self.batch_size, generate=False,
+                                             encodings=self.encodings, token_stats=False)
+                                 for split, rows in splits], ignore_index=True)
         forget = samples[samples.split == "forget"]
         point = {
             "step": step,
