@@ -218,8 +218,7 @@ def score_split(model, tokenizer, rows: list[dict], split: str, batch_size: int 
     try:
         # One flat list of every sequence to score; remember which slice belongs to which row.
         encoded, spans, groups = [], [], []
-        encode = functools.partial(encode_qa, tokenizer) if encodings is None else functools.partial(
-            memoised_encoding, tokenizer, encodings)
+        encode = functools.partial(memoised_encoding, tokenizer, {} if encodings is None else encodings)
         for r in rows:
             q, para, pert = r["question"], r.get("paraphrased_answer"), list(r.get("perturbed_answer") or [])
             a0 = len(encoded)
