@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from forgetlab.data import prepare_data
 from forgetlab.model import load_tokenizer, new_llama, save_model
-from tests.helpers import SENTENCES, smoke_config
+from tests.helpers import SENTENCES, smoke_config, stop_fork_servers
 
 
 KINDS = ("e2e", "slurm", "gpu")
@@ -40,6 +40,16 @@ def tiny_model_dir(smoke_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "pretrained"
     save_model(model, tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> dict:
+    """Environment variables that make each `forgetlab` command run as the Snakefile runs it: a client of one
+    fork server (forgetlab.forkserver), which has the stages imported, passes the client's SIGTERM to the job
+    and kills the job of a SIGKILL'd client. The servers are stopped at the end of the session."""
+    servers = tmp_path_factory.mktemp("forkservers")
+    yield {"FORGETLAB_FORKSERVER": "1", "FORGETLAB_FORKSERVER_DIR": str(servers)}
+    stop_fork_servers(servers)
 
 
 @pytest.fixture(scope="module")

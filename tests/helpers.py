@@ -238,11 +238,38 @@ def assert_same_history(reference_db: Path, resumed_db: Path) -> object:
     return run_b
 
 
+def children(pid: int) -> list[int]:
+    """A process's children (Linux /proc); none once it is gone."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def served_jobs(env: dict) -> list[int] | None:
+    """With the fork server on in `env`, the pids of the jobs its servers run (each server forks a
+    handler per job, the handler the job's worker); without, None."""
+    if env.get("FORGETLAB_FORKSERVER") != "1":
+        return None
+    return [w for s in fork_server_pids(Path(env["FORGETLAB_FORKSERVER_DIR"])) for h in children(s) for w in children(h)]
+
+
+def job_pid(proc: subprocess.Popen, env: dict) -> int:
+    """The process that computes the job: the command's own, or the fork server's worker serving it."""
+    workers = served_jobs(env)
+    if workers is None:
+        return proc.pid
+    assert len(workers) == 1, f"expected one job in the fork server, found {workers}"
+    return workers[0]
+
+
 def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[int], every: int, desc: str) -> list[int]:
     """Run the command, stopping it with each signal in turn, then run it to completion; returns the
     checkpoint's step after each stop. With checkpoint_every, each signal waits for a new periodic
     checkpoint; without (SIGTERM only), for the training loop's progress bar and 0.3 s of the job's
-    CPU time after it (so that steps were done)."""
+    CPU time after it (so that steps were done). With the fork server on in `env`, the signals go to
+    the client, as Snakemake's and SLURM's do, and a SIGKILL'd client's job must be gone (its server's
+    handler kills it) before the next attempt starts."""
     ckpt = checkpoint_dir(out) / "state.pt"
     previous, steps = None, []
 
@@ -258,10 +285,13 @@ def interrupted(cmd: list[str], cwd: Path, out: Path, env: dict, signals: list[i
             else:  # the loop's SIGTERM handler is in place before its progress bar is first drawn;
                 # then the job must have computed for a while (steps done), whatever the machine's load
                 wait_until(lambda: desc in log.read_text(), proc, log, "the training loop")
-                start = cpu_seconds(proc.pid)
-                wait_until(lambda: cpu_seconds(proc.pid) - start >= 0.3, proc, log, "0.3 s of CPU time in the loop")
+                pid = job_pid(proc, env)
+                start = cpu_seconds(pid)
+                wait_until(lambda: cpu_seconds(pid) - start >= 0.3, proc, log, "0.3 s of CPU time in the loop")
             proc.send_signal(sig)
             status = proc.wait(timeout=120)
+            if sig == signal.SIGKILL and served_jobs(env) is not None:
+                wait_until(lambda: not served_jobs(env), None, log, "the end of the killed client's job", timeout=30)
         text = log.read_text()
         if sig == signal.SIGTERM:  # checkpoints at the end of the step, then exits non-zero to be rerun
             assert status == 143, text[-3000:]
@@ -295,13 +325,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_until(ready, proc: subprocess.Popen, log: Path, what: str, timeout=180.0) -> None:
+def wait_until(ready, proc: subprocess.Popen | None, log: Path, what: str, timeout=180.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise AssertionError(f"the job ended (status {proc.returncode}) before {what}:\n" + log.read_text()[-3000:])
         if time.monotonic() > deadline:
-            proc.kill()
+            if proc is not None:
+                proc.kill()
             raise AssertionError(f"no {what} within {timeout} s")
         time.sleep(0.02)
 

@@ -114,33 +114,37 @@ def ddp_finetune(model: Path, data: Path, out: Path, **train) -> list[str]:
     return command("finetune", [{"name": "dropout"}], train, model, data, out, extra=DDP)
 
 
-def test_the_config_switch_launches_workers_with_one_run_and_one_output(smoke_data, tiny_model_dir, tmp_path):
-    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
-    out = tmp_path / "out"
-    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, out, max_steps=40), cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+DDP_STEPS = 120
+
+
+@pytest.fixture(scope="module")
+def ddp_run(smoke_data, tiny_model_dir, tmp_path_factory):
+    """An uninterrupted data-parallel finetune job: the config switch's run, and the reference of the resumed one."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, tmp / "out", max_steps=DDP_STEPS), cwd=tmp,
+                          env=cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'm.db'}"), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+def test_the_config_switch_launches_workers_with_one_run_and_one_output(ddp_run):
+    tmp, proc = ddp_run
+    out = tmp / "out"
     assert "launching 2 data-parallel workers" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "forgetlab_stage.json", "generation_config.json",
                                                           "job.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
-    client, run = finished_run(tmp_path / "m.db")  # exactly one run: rank 0's
+    client, run = finished_run(tmp / "m.db")  # exactly one run: rank 0's
     assert run.data.params["distributed.nproc_per_node"] == "2"
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 40  # the global batch: one-process steps
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == DDP_STEPS  # the global batch: one-process steps
     assert json.loads((out / "forgetlab_stage.json").read_text())["distributed"]["nproc_per_node"] == 2
 
 
-def test_a_sigtermed_data_parallel_job_resumes_bit_identical(smoke_data, tiny_model_dir, tmp_path):
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    for d in (reference, resumed):
-        d.mkdir()
-    env_ref, env_res = (cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{d / 'm.db'}") for d in (reference, resumed))
-    proc = subprocess.run(ddp_finetune(tiny_model_dir, smoke_data, reference / "out", max_steps=120),
-                          cwd=reference, env=env_ref, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    cmd = ddp_finetune(tiny_model_dir, smoke_data, resumed / "out", max_steps=120, checkpoint_every=40)
-    steps = interrupted(cmd, resumed, resumed / "out", env_res, [signal.SIGTERM], 40, "finetune target")
-    assert 0 < steps[0] < 120
-    assert_same_weights(reference / "out", resumed / "out")
-    run = assert_same_history(reference / "m.db", resumed / "m.db")
+def test_a_sigtermed_data_parallel_job_resumes_bit_identical(ddp_run, smoke_data, tiny_model_dir, tmp_path):
+    reference, _ = ddp_run
+    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
+    cmd = ddp_finetune(tiny_model_dir, smoke_data, tmp_path / "out", max_steps=DDP_STEPS, checkpoint_every=40)
+    steps = interrupted(cmd, tmp_path, tmp_path / "out", env, [signal.SIGTERM], 40, "finetune target")
+    assert 0 < steps[0] < DDP_STEPS
+    assert_same_weights(reference / "out", tmp_path / "out")
+    run = assert_same_history(reference / "m.db", tmp_path / "m.db")
     assert run.data.tags["resumed_from_step"] == str(steps[0])

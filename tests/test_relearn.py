@@ -163,23 +163,23 @@ def fit_on_forget(tiny_model_dir, smoke_data, out, steps: int):
     return out
 
 
-def evaluate(cwd, config, model_dir, data, model, out, *options):
+def evaluate(cwd, config, env, model_dir, data, model, out, *options):
     args = ["forgetlab", "evaluate", "--config", config, "--model-dir", model_dir, "--data", data, "--at", f"model={model}",
             "--at", "regularizer=none", "--at", "seed=0", "--at", "split=forget10", "--out", out, *options]
-    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=cli_env(), capture_output=True, text=True)
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((cwd / out / "metrics.json").read_text())["metrics"]
     return metrics, pd.read_parquet(cwd / out / "samples.parquet")
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, smoke_data, tiny_model_dir):
+def evaluated(tmp_path_factory, served, smoke_data, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("relearn")
     config = tmp / "study.yaml"
     config.write_text(yaml.safe_dump(study_config()))
     target = fit_on_forget(tiny_model_dir, smoke_data, tmp / "target-model", steps=60)
     unlearned = fit_on_forget(tiny_model_dir, smoke_data, tmp / "unlearned-model", steps=8)
-    run = partial(evaluate, tmp, config)
+    run = partial(evaluate, tmp, config, cli_env(**served))  # as the Snakefile runs them: through the fork server
     out = {"oracle": run(tiny_model_dir, smoke_data, "oracle", "oracle-eval")}
     out["target"] = run(target, smoke_data, "target", "target-eval", "--oracle", "oracle-eval")
     for name in ("unlearned", "unlearned-again"):

@@ -1,6 +1,10 @@
 """Preemption and crashes: a training job killed mid-run (SIGTERM or SIGKILL) and restarted with the
 same command ends bit-identical to an uninterrupted run, weights and MLflow step metrics alike; and
-`snakemake --rerun-incomplete` completes a study after a kill -9 of the whole pipeline."""
+`snakemake --rerun-incomplete` completes a study after a kill -9 of the whole pipeline.
+
+The stage commands run as the Snakefile runs them, through a fork server (the `served` fixture): the
+signal reaches the `forgetlab` client, as Snakemake's and SLURM's do. A job killed in its own process
+(a SIGTERM'd data-parallel launcher and its workers) is test_distributed.py's."""
 
 from __future__ import annotations
 
@@ -57,7 +61,7 @@ def run_to_end(cmd: list[str], cwd: Path, env: dict) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_killed_job_resumes_bit_identical(case, smoke_data, tiny_model_dir, tmp_path):
+def test_killed_job_resumes_bit_identical(case, served, smoke_data, tiny_model_dir, tmp_path):
     stage, entry, settings, chains = CASES[case]
     desc = "finetune target:" if stage == "finetune" else "unlearn m ("
 
@@ -65,7 +69,7 @@ def test_killed_job_resumes_bit_identical(case, smoke_data, tiny_model_dir, tmp_
         (tmp_path / name).mkdir()
         out = tmp_path / name / "model"
         cmd = command(stage, entry, {**settings, **train}, tiny_model_dir, smoke_data, out)
-        return cmd, out, cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / name / 'm.db'}")
+        return cmd, out, cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / name / 'm.db'}", **served)
 
     cmd, reference, env = setup("reference")
     run_to_end(cmd, tmp_path / "reference", env)
@@ -225,9 +229,10 @@ def test_rerun_incomplete_completes_the_study_after_kill_9(tmp_path):
         dest = work / item
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)
-    config = smoke_config()  # cut to one regularizer and one method; checkpoints every few steps
+    config = smoke_config()  # cut to one regularizer, one method and no sequential chain; checkpoints every few steps
     config["regularizers"] = {"none": [{"name": "none"}]}
     config["methods"] = {"npo": config["methods"]["npo"]}
+    config.pop("sequential", None)
     config["finetune"].update(max_steps=150, checkpoint_every=5)  # about two seconds of training per job
     config["unlearn"]["checkpoint_every"] = 2
     (work / "config" / "smoke.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -29,10 +29,13 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 # One stage job's worth of tracking, through forgetlab's own code path. The workers wait at a
-# barrier (the file `go`) after their slow imports, so that all of them write at the same time.
+# barrier (the file `go`) after their slow imports (those a run's start makes too: the environment
+# record's torch and transformers, MLflow's stores), so that all of them write at the same time.
 WRITER = r"""
 import sys, time
 from pathlib import Path
+import forgetlab.environment, forgetlab.model, forgetlab.mlstore
+import mlflow.store.tracking.sqlalchemy_store, mlflow.store.tracking.rest_store, sqlalchemy.dialects.sqlite, alembic.command
 from forgetlab.tracking import stage_run
 
 i, steps, every = map(int, sys.argv[1:4])
@@ -122,8 +125,9 @@ def wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 90) -> 
 
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_concurrent_writers_lose_no_metric(backend, tmp_path):
-    """8 jobs at once, 500 step metrics each, flushed 5 at a time: all 4000 (and 8 artifacts) arrive."""
-    n, steps, every = 8, 500, 5
+    """4 jobs at once (2 a core), 500 step metrics each, flushed 5 at a time (a job flushes every 500):
+    400 commits racing for the store, and all 2000 metrics (and 4 artifacts) arrive."""
+    n, steps, every = 4, 500, 5
     server = mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log")
     with server if backend == "server" else nullcontext(None) as uri:
         env = cli_env(**({"MLFLOW_TRACKING_URI": uri} if uri else {}))
