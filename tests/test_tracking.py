@@ -125,7 +125,7 @@ def wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 90) -> 
 
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_concurrent_writers_lose_no_metric(backend, tmp_path):
-    """4 jobs at once (2 a core), 500 step metrics each, flushed 5 at a time (a job flushes every 500):
+    """4 jobs at once (2 a core), 500 step metrics each, flushed 5 at a time (a job flushes every 500 metrics):
     400 commits racing for the store, and all 2000 metrics (and 4 artifacts) arrive."""
     n, steps, every = 4, 500, 5
     server = mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log")
