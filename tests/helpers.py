@@ -251,7 +251,8 @@ def served_jobs(env: dict) -> list[int] | None:
     handler per job, the handler the job's worker); without, None."""
     if env.get("FORGETLAB_FORKSERVER") != "1":
         return None
-    return [w for s in fork_server_pids(Path(env["FORGETLAB_FORKSERVER_DIR"])) for h in children(s) for w in children(h)]
+    servers = fork_server_pids(Path(env["FORGETLAB_FORKSERVER_DIR"]))
+    return [worker for server in servers for handler in children(server) for worker in children(handler)]
 
 
 def job_pid(proc: subprocess.Popen, env: dict) -> int:

@@ -35,7 +35,8 @@ WRITER = r"""
 import sys, time
 from pathlib import Path
 import forgetlab.environment, forgetlab.model, forgetlab.mlstore
-import mlflow.store.tracking.sqlalchemy_store, mlflow.store.tracking.rest_store, sqlalchemy.dialects.sqlite, alembic.command
+import mlflow.store.tracking.sqlalchemy_store, mlflow.store.tracking.rest_store
+import sqlalchemy.dialects.sqlite, alembic.command
 from forgetlab.tracking import stage_run
 
 i, steps, every = map(int, sys.argv[1:4])
@@ -125,8 +126,8 @@ def wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 90) -> 
 
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_concurrent_writers_lose_no_metric(backend, tmp_path):
-    """4 jobs at once (2 a core), 500 step metrics each, flushed 5 at a time (a job flushes every 500 metrics):
-    400 commits racing for the store, and all 2000 metrics (and 4 artifacts) arrive."""
+    """4 jobs at once (2 a core), 500 step metrics each, flushed 5 at a time (a job flushes every 500
+    metrics): 400 commits racing for the store, and all 2000 metrics (and 4 artifacts) arrive."""
     n, steps, every = 4, 500, 5
     server = mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log")
     with server if backend == "server" else nullcontext(None) as uri:
