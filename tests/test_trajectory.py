@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from forgetlab.config import stage_params
+from forgetlab.eval import passes
 from forgetlab.eval.scoring import score_split
 from forgetlab.eval.trajectory import matched_metrics, steps_to_threshold
 from forgetlab.metrics import METRICS
@@ -232,7 +233,11 @@ def test_memoised_encodings_score_the_same_and_encode_each_answer_once(tiny_mode
     assert sorted(calls) == sorted(answers) and set(encodings) == answers
 
 
-def test_without_token_stats_only_the_per_token_statistics_are_left_out(tiny_model_dir, smoke_data):
+@pytest.mark.parametrize("packed", [True, False])
+def test_without_token_stats_only_the_per_token_statistics_are_left_out(packed, tiny_model_dir, smoke_data,
+                                                                         monkeypatch):
+    if not packed:  # a model whose attention takes no 4D mask (e.g. flash attention): scored one by one
+        monkeypatch.setattr(passes, "PACKED_ATTENTION", ())
     model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     rows = read_jsonl(smoke_data / "qa" / "forget10.jsonl")[:6]
     full = score_split(model, tokenizer, rows, "forget", 8, generate=False)

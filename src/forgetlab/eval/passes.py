@@ -62,12 +62,13 @@ def _by_length(encoded: list[dict], batch_size: int) -> list[list[int]]:
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def supervised_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def supervised_stats(logits: torch.Tensor, labels: torch.Tensor, full: bool = True) -> tuple[torch.Tensor, ...]:
     """(logp, match, mu, sigma, counts) over the supervised positions of a batch, flattened in row
-    order; counts[b] is the number of supervised tokens of row b. logits: (B, T, V), labels (B, T)."""
+    order; counts[b] is the number of supervised tokens of row b. logits: (B, T, V), labels (B, T).
+    `full`: stats_of's."""
     shift = labels[:, 1:]
     sel = shift != IGNORE
-    return (*stats_of(logits[:, :-1][sel], shift[sel]), sel.sum(-1))
+    return (*stats_of(logits[:, :-1][sel], shift[sel], full), sel.sum(-1))
 
 
 def stats_of(logits: torch.Tensor, target: torch.Tensor, full: bool = True) -> tuple[torch.Tensor, ...]:
@@ -87,15 +88,16 @@ def stats_of(logits: torch.Tensor, target: torch.Tensor, full: bool = True) -> t
 
 
 @torch.no_grad()
-def token_stats(model, encoded: list[dict], pad_id: int, batch_size: int = 32) -> list[TokenStats]:
-    """TokenStats for every encoded sequence ({"input_ids", "labels"}), one forward per batch."""
+def token_stats(model, encoded: list[dict], pad_id: int, batch_size: int = 32, full: bool = True) -> list[TokenStats]:
+    """TokenStats for every encoded sequence ({"input_ids", "labels"}), one forward per batch.
+    Without `full`, logp only (match, mu and sigma NaN; `stats_of`)."""
     device = device_of(model)
     out: list[TokenStats | None] = [None] * len(encoded)
     for idx in _by_length(encoded, batch_size):
         batch = collate([encoded[i] for i in idx], pad_id)
         logits = model(input_ids=batch["input_ids"].to(device),
                        attention_mask=batch["attention_mask"].to(device)).logits
-        logp, match, mu, sigma, counts = supervised_stats(logits, batch["labels"].to(device))
+        logp, match, mu, sigma, counts = supervised_stats(logits, batch["labels"].to(device), full)
         parts = [t.cpu().numpy() for t in (logp, match, mu, sigma)]
         bounds = np.cumsum([0, *counts.tolist()])
         for j, i in enumerate(idx):
@@ -170,9 +172,9 @@ def grouped_token_stats(model, groups: list[list[dict]], pad_id: int, batch_size
     is predicted (everywhere in an FSDP-sharded model, whose root forward gathers the head). The
     values are token_stats' up to float rounding. A model whose attention takes no 4D mask (e.g.
     flash attention) runs token_stats on the encodings one by one instead. Without `full`, each
-    TokenStats of the packed path has logp only (match, mu and sigma NaN; `stats_of`)."""
+    TokenStats has logp only (match, mu and sigma NaN; `stats_of`)."""
     if getattr(model.config, "_attn_implementation", "eager") not in PACKED_ATTENTION:
-        flat = token_stats(model, [e for g in groups for e in g], pad_id, batch_size)
+        flat = token_stats(model, [e for g in groups for e in g], pad_id, batch_size, full)
         bounds = np.cumsum([0, *map(len, groups)])
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     device, packed, sharded = device_of(model), [pack(g) for g in groups], is_sharded(model)
